@@ -1,0 +1,48 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+# Threads per process: the CI machine has 2 cores.
+export OMP_NUM_THREADS ?= 2
+# Nothing in tests or the demo may reach a model hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test bench lint clean help
+
+help:
+	@echo "make demo   - create .venv, install, run the end-to-end demo (writes demo-output/index.html)"
+	@echo "make test   - create .venv, install the test extra, run the whole test suite"
+	@echo "make bench  - run the benchmarks under bench/ (prints tables, writes bench/out/*.json)"
+	@echo "make lint   - ruff + mypy on the typed core"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+$(VENV)/.installed-all: pyproject.toml | $(PY)
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e ".[all]"
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e ".[test]"
+	@touch $@ $(VENV)/.installed-all
+
+demo: $(VENV)/.installed-all
+	$(VENV)/bin/mammoclip demo --out demo-output
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-test
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf demo-output bench/out .pytest_cache

@@ -1,0 +1,1 @@
+"""mammoclip.evaluate."""
