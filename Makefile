@@ -8,8 +8,12 @@ export OMP_NUM_THREADS ?= 2
 # Nothing in tests or the demo may reach a model hub.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Keep library caches inside the repository (nothing outside it is written but the pip cache).
+export MPLCONFIGDIR := $(CURDIR)/.venv/.cache/matplotlib
+export HF_HOME := $(CURDIR)/.venv/.cache/huggingface
+export TORCH_HOME := $(CURDIR)/.venv/.cache/torch
 
-.PHONY: demo test bench lint clean help
+.PHONY: demo test bench lint clean help browser-deps
 
 help:
 	@echo "make demo   - create .venv, install, run the end-to-end demo (writes demo-output/index.html)"
@@ -34,7 +38,13 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 demo: $(VENV)/.installed-all
 	$(VENV)/bin/mammoclip demo --out demo-output
 
-test: $(VENV)/.installed-test
+# The report test opens the demo's HTML in a real browser: Debian's Chromium and its driver.
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium + chromium-driver (Debian packages) for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: $(VENV)/.installed-test browser-deps
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test
