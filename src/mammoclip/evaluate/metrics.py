@@ -288,3 +288,55 @@ def roc_band(
     else:
         lo = hi = base
     return {"fpr": fpr_grid, "tpr": base, "tpr_low": lo, "tpr_high": hi}
+
+
+# --- one call for a predictions table ----------------------------------------------------------------
+
+
+def score_columns(class_names: list[str]) -> list[str]:
+    """Names of the probability columns of a predictions table (``p_<class>``)."""
+    return [f"p_{c}" for c in class_names]
+
+
+def evaluate_predictions(
+    predictions: pd.DataFrame,
+    class_names: list[str],
+    *,
+    aggregate: str = "max",
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Per-image and per-breast metrics with patient-bootstrap intervals for a predictions table.
+
+    Args:
+        predictions: One row per image: ``patient_id``, ``laterality``, ``label`` (class index,
+            -1 = unlabelled, dropped) and the :func:`score_columns`.
+        class_names: Class names in label-index order (two for a binary task: index 1 positive).
+        aggregate: View aggregation for the per-breast level (``max`` or ``mean``).
+        n_boot: Bootstrap replicates.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``{"image": {metric: {value, ci_low, ci_high, n_boot}}, "breast": {...}, "n_images",
+        "n_breasts", "n_patients"}`` plus the per-breast table under ``"breast_table"``.
+    """
+    cols = score_columns(class_names)
+    df = predictions[predictions["label"] >= 0].reset_index(drop=True)
+    binary = len(class_names) == 2
+    breast = aggregate_by_breast(df, cols, how=aggregate, label_column="label")
+
+    def level(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+        scores = table[cols[1]].to_numpy() if binary else table[cols].to_numpy()
+        fn = binary_metrics if binary else multiclass_metrics
+        ests = bootstrap_metrics(fn, table["label"].to_numpy(), scores, table["patient_id"].astype(str).to_numpy(),
+                                 n_boot=n_boot, seed=seed)
+        return {k: e.to_dict() for k, e in ests.items()}
+
+    return {
+        "image": level(df),
+        "breast": level(breast),
+        "n_images": int(len(df)),
+        "n_breasts": int(len(breast)),
+        "n_patients": int(df["patient_id"].nunique()),
+        "breast_table": breast,
+    }
