@@ -1,0 +1,28 @@
+"""``mammoclip retrieval``: image <-> report Recall@K on a held-out split."""
+
+from __future__ import annotations
+
+import argparse
+
+from mammoclip.cli.zeroshot import add_model_args, load_manifest, load_model, print_summary
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``retrieval``."""
+    p = subparsers.add_parser("retrieval", help="image->text and text->image Recall@1/5/10 on a held-out split")
+    add_model_args(p)
+    p.add_argument("--split", default="test", help="train|val|test|all")
+    p.add_argument("--ks", default="1,5,10", help="comma-separated K values")
+    p.add_argument("--out", required=True, help="run directory")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mammoclip.evaluate.retrieval import run_retrieval
+
+    ks = tuple(int(k) for k in args.ks.split(","))
+    results = run_retrieval(load_model(args), load_manifest(args), split=args.split, ks=ks, out_dir=args.out,
+                            batch_size=args.batch_size, num_workers=args.workers, allow_resize=args.allow_resize,
+                            model_name=str(args.checkpoint), progress=True)
+    print_summary(results, args.out)
+    return 0
