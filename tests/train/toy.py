@@ -7,6 +7,7 @@ real towers.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,9 @@ class ToyClip(nn.Module):
 class ToyPairs(Dataset):
     """Item i belongs to class i % 3: its two uint8 views and two token captions depend on the class."""
 
-    def __init__(self, n: int = 48, seed: int = 0) -> None:
+    def __init__(self, n: int = 48, seed: int = 0, delay: float = 0.0) -> None:
         self.n = n
+        self.delay = delay
         self.seed = seed
         self.epoch = 0
 
@@ -67,6 +69,7 @@ class ToyPairs(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict:
+        time.sleep(self.delay)  # lets a test interrupt a run mid-epoch
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + i)
         c = i % 3
         base = torch.zeros(SIDE, SIDE)

@@ -417,7 +417,7 @@ def _train_step(
     if not finite and scaler is None:
         where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint written yet"
         raise NonFiniteLossError(
-            f"non-finite loss ({float(losses['loss'])}) at step {step} (epoch {epoch + 1}, batch "
+            f"non-finite loss ({float(losses['loss'].detach())}) at step {step} (epoch {epoch + 1}, batch "
             f"{state['batch'] + 1}); the weights were not updated; {where}. Lower optim.lr, set "
             "loop.grad_clip, or use loop.precision=bf16."
         )
