@@ -12,6 +12,7 @@ scikit-learn computes every metric that it has; the hand-written pieces are the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,9 +129,13 @@ def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float
         auc = float(np.mean([skm.roc_auc_score((y == c).astype(int), p[:, c]) for c in present]))
     else:
         auc = float("nan")
+    with warnings.catch_warnings():
+        # a bootstrap replicate may lack a class that is predicted: expected, not worth a warning.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(skm.balanced_accuracy_score(y, pred))
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": balanced,
         "macro_f1": float(skm.f1_score(y, pred, labels=list(range(k)), average="macro", zero_division=0)),
         "auc": auc,
         "ece": expected_calibration_error(y, p),

@@ -252,12 +252,20 @@ def run_probe(
         "summary": {f"{init}@{fr:g} {headline}": float(v) for (init, fr), v in means.items()},
     }
     if out is not None:
-        _write_probe_run(out, results, table, predictions, spec, headline)
+        write_classifier_run(out, results, table, predictions, spec, headline, label="linear probe")
     return results
 
 
-def _write_probe_run(out: Path, results: dict[str, Any], table: pd.DataFrame, predictions: pd.DataFrame,
-                     spec: TaskSpec, headline: str) -> None:
+def write_classifier_run(out: Path, results: dict[str, Any], table: pd.DataFrame, predictions: pd.DataFrame,
+                         spec: TaskSpec, headline: str, *, label: str) -> None:
+    """Write a probe/fine-tune run directory: tables, CSVs, data-efficiency + ROC/confusion PNGs, HTML.
+
+    Args:
+        table: One row per (init, fraction, seed) with the test metrics.
+        predictions: Test probabilities of every fit.
+        headline: Column of ``table`` plotted against the label fraction.
+        label: What was trained ("linear probe", "fine-tune"), for titles.
+    """
     from mammoclip.evaluate.report import (
         PREDICTIONS_FILE,
         plot_confusion,
@@ -270,14 +278,14 @@ def _write_probe_run(out: Path, results: dict[str, Any], table: pd.DataFrame, pr
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "data_efficiency.csv", index=False)
     predictions.to_csv(out / PREDICTIONS_FILE, index=False)
-    plot_data_efficiency(table, headline, out / "data_efficiency.png", title=f"linear probe {spec.name}")
+    plot_data_efficiency(table, headline, out / "data_efficiency.png", title=f"{label} {spec.name}")
     top = predictions["fraction"].max()
     first = predictions[(predictions["fraction"] == top) & (predictions["seed"] == predictions["seed"].iloc[0])]
     cols = score_columns(spec.class_names)
     if spec.binary:
         curves = {init: (p["label"].to_numpy(), p[cols[1]].to_numpy(), p["patient_id"].to_numpy())
                   for init, p in first.groupby("init")}
-        plot_roc(curves, out / "roc.png", title=f"linear probe {spec.name} @ {top:g} (per image)")
+        plot_roc(curves, out / "roc.png", title=f"{label} {spec.name} @ {top:g} (per image)")
     else:
         for init, p in first.groupby("init"):
             plot_confusion(p["label"].to_numpy(), p[cols].to_numpy().argmax(1), spec.class_names,
