@@ -206,11 +206,26 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[k] = _build(hint, v, f"{where}{k}.")
         else:
-            kwargs[k] = v
+            kwargs[k] = _coerce(hint, v, f"{where}{k}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or 'config'}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Numbers written as YAML strings (``1e-4`` is a string in YAML 1.1) -> the field's type."""
+    if not isinstance(value, str):
+        return value
+    options = typing.get_args(hint) or (hint,)
+    for kind in (int, float):
+        if kind in options:
+            try:
+                return kind(value)
+            except ValueError:
+                if kind is float:
+                    raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    return value
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
