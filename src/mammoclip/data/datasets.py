@@ -256,14 +256,18 @@ class MixedDataset(ConcatDataset):
                 d.set_epoch(epoch)
 
 
-def default_text_augmenter() -> TextAugmenter | None:
-    """The offline caption augmenter of :mod:`mammoclip.data.text_augment`, when that module exists."""
-    try:
-        from mammoclip.data import text_augment
-    except ImportError:
+#: Offline caption augmentation used when none is given (a :func:`mammoclip.data.text_augment.build_augmenter`
+#: spec): sentence shuffle + lexicon paraphrase, standing in for the original's back-translation.
+DEFAULT_TEXT_AUGMENT: str = "shuffle,lexicon:p=0.5"
+
+
+def default_text_augmenter(spec: str = DEFAULT_TEXT_AUGMENT) -> TextAugmenter | None:
+    """The caption augmenter built from ``spec`` (None for an empty spec)."""
+    if not spec:
         return None
-    factory = getattr(text_augment, "default_augmenter", None)
-    return factory() if callable(factory) else None
+    from mammoclip.data.text_augment import build_augmenter
+
+    return build_augmenter(spec)
 
 
 class PairCollate:

@@ -53,8 +53,9 @@ class DataSection:
     val_split: str = "val"
     #: Image augmentation preset of ``mammoclip.data.transforms`` ("paper", "light", "none").
     augment: str = "paper"
-    #: Caption augmentation (original vs augmented caption, official-spec §2.2).
-    text_augment: bool = True
+    #: Caption augmenter spec (``mammoclip.data.text_augment.build_augmenter``); "" = off. The augmented
+    #: caption replaces the original with probability 0.5 (official-spec §2.2).
+    text_augment: str = "shuffle,lexicon:p=0.5"
 
     def __post_init__(self) -> None:
         if self.image_size is not None:

@@ -17,7 +17,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mammoclip.data.datasets import ImageTextDataset, LabelTextDataset, MixedDataset, PairCollate
+from mammoclip.data.datasets import (
+    ImageTextDataset,
+    LabelTextDataset,
+    MixedDataset,
+    PairCollate,
+    default_text_augmenter,
+)
 from mammoclip.data.manifest import Bundle, load_bundle
 from mammoclip.data.transforms import build_augmentation
 from mammoclip.errors import ConfigError, DataError
@@ -64,8 +70,8 @@ def build_datasets(cfg: RunConfig, image_size: tuple[int, int]) -> tuple[Dataset
     for kind, paths in (("image_text", cfg.data.image_text), ("image_label", cfg.data.image_label)):
         cls = DATASET_KINDS[kind]
         extra: dict[str, Any] = {}
-        if kind == "image_text" and not cfg.data.text_augment:
-            extra["text_augmenter"] = _identity_text
+        if kind == "image_text":
+            extra["text_augmenter"] = default_text_augmenter(cfg.data.text_augment) or _identity_text
         for path in paths:
             bundle = _bundle(path)
             tr = cls(bundle.split(cfg.data.train_split), image_size, augment=augment, train=True,
