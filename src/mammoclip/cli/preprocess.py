@@ -1,0 +1,53 @@
+"""``mammoclip preprocess`` and ``mammoclip preprocess-merge``: DICOMs -> model-ready PNGs + manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("preprocess", help="decode, crop and resize DICOMs into PNGs with a manifest")
+    p.add_argument("input", help="a DICOM manifest (file or folder) or an adapter source folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", default="1520x912", help="output HEIGHTxWIDTH (default: the paper's 1520x912)")
+    p.add_argument("--resize", choices=("stretch", "pad"), default="stretch",
+                   help="stretch to size (paper) or keep the aspect ratio and pad")
+    p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth")
+    p.add_argument("--flip-to", choices=("left", "none"), default="left",
+                   help="mirror breasts so the chest wall is on the left, or keep orientation")
+    p.add_argument("--window", choices=("voi", "minmax", "percentile"), default="voi",
+                   help="intensity window: the DICOM VOI LUT/window, or min-max/percentiles in the breast")
+    p.add_argument("--mode", choices=("ours", "paper"), default="ours",
+                   help="'paper' reproduces the original preprocessing exactly (official checkpoints)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--shard", default=None, help="i/N: process every N-th image starting at i (0-based)")
+    p.add_argument("--adapter", default=None, help="source format when INPUT is not a manifest (see `manifest build`)")
+    p.add_argument("--merge", action="store_true", help="after this run, merge the shard parts found in --out")
+    p.set_defaults(func=_run)
+    m = subparsers.add_parser("preprocess-merge", help="join the shard parts of a sharded preprocess run")
+    m.add_argument("out", help="the --out folder of the shards")
+    m.set_defaults(func=_merge)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mammoclip.data.preprocess import PreprocessOptions, merge_shards, parse_shard, parse_size, preprocess
+
+    options = PreprocessOptions(size=parse_size(args.size), resize=args.resize, bits=args.bits,
+                                flip_to=args.flip_to, window=args.window, mode=args.mode)
+    shard = parse_shard(args.shard) if args.shard else None
+    result = preprocess(args.input, args.out, options, workers=args.workers, shard=shard, adapter=args.adapter)
+    print(result.summary())
+    for file, reason in result.failures[:10]:
+        print(f"  failed: {file}: {reason}")
+    if len(result.failures) > 10:
+        print(f"  ... {len(result.failures) - 10} more in failures.csv")
+    if args.merge and shard is not None:
+        print(f"merged -> {merge_shards(args.out)}")
+    return 0 if result.processed + result.skipped > 0 else 1
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from mammoclip.data.preprocess import merge_shards
+
+    print(f"merged -> {merge_shards(args.out)}")
+    return 0

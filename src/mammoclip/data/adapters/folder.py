@@ -1,0 +1,87 @@
+"""A plain DICOM folder: ``<root>/<patient>/<study>/*.dcm`` with one ``report.txt`` per study.
+
+The shape of a typical hospital export (mission.md §4). Laterality and view come from the DICOM
+header (:func:`mammoclip.data.dicom.read_dicom_header`, which also reads free-text fields);
+the report's raw text goes to ``reports.csv`` (``text``), with findings/impression filled by
+:func:`mammoclip.data.reports.parse_report` when that module is available. Splits are assigned
+per patient by hash (:func:`mammoclip.data.manifest.assign_patient_splits`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mammoclip.data.adapters import register_adapter
+from mammoclip.data.dicom import read_dicom_header
+from mammoclip.data.manifest import REPORT_COLUMNS, Bundle, assign_patient_splits, empty_reports
+from mammoclip.errors import DataError
+
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+REPORT_FILE = "report.txt"
+
+
+def _report_sections(text: str) -> dict[str, str]:
+    try:
+        from mammoclip.data.reports import parse_report
+    except ImportError:  # the text module is optional: keep the raw text only
+        return {}
+    parsed: Any = parse_report(text)
+    get = parsed.get if isinstance(parsed, dict) else (lambda k, d="": getattr(parsed, k, d))
+    return {k: str(get(k, "") or "") for k in ("findings", "impression", "history")}
+
+
+@register_adapter("folder", "plain folder <root>/<patient>/<study>/*.dcm + report.txt")
+class FolderAdapter:
+    @staticmethod
+    def detect(source: Path) -> bool:
+        return source.is_dir() and any(p.suffix.lower() in DICOM_SUFFIXES for p in source.glob("*/*/*"))
+
+    @staticmethod
+    def load(source: Path, *, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0
+             ) -> Bundle:
+        """Read every DICOM header under ``source``; unreadable files are skipped with a warning row.
+
+        Raises:
+            DataError: no DICOM files in the expected layout.
+        """
+        files = sorted(p for p in source.glob("*/*/*") if p.suffix.lower() in DICOM_SUFFIXES)
+        if not files:
+            raise DataError(f"{source}: no DICOM files found as <patient>/<study>/*.dcm")
+        rows: list[dict[str, Any]] = []
+        reports: list[dict[str, str]] = []
+        skipped: list[str] = []
+        for path in files:
+            patient, study = path.parent.parent.name, path.parent.name
+            try:
+                meta = read_dicom_header(path)
+            except DataError as err:
+                skipped.append(str(err))
+                continue
+            if meta.laterality is None or meta.view is None:
+                skipped.append(f"{path}: laterality/view not found in the header")
+                continue
+            report_id = f"{patient}/{study}"
+            has_report = (path.parent / REPORT_FILE).exists()
+            rows.append({"image_id": f"{patient}_{study}_{path.stem}", "patient_id": patient,
+                         "study_id": study, "laterality": meta.laterality, "view": meta.view,
+                         "path": str(path.relative_to(source)), "source": "folder",
+                         "report_id": report_id if has_report else pd.NA})
+        for study_dir in sorted({p.parent for p in files}):
+            report = study_dir / REPORT_FILE
+            if report.exists():
+                text = report.read_text(encoding="utf-8", errors="replace")
+                entry = {"report_id": f"{study_dir.parent.name}/{study_dir.name}", "findings": "",
+                         "impression": "", "history": "", "text": text}
+                entry.update(_report_sections(text))
+                reports.append(entry)
+        if not rows:
+            raise DataError(f"{source}: no usable DICOM files ({len(skipped)} skipped; first: {skipped[0]})")
+        images = pd.DataFrame(rows)
+        splits = assign_patient_splits(images["patient_id"], fractions, seed)
+        images.insert(6, "split", images["patient_id"].map(splits))
+        images.attrs["skipped"] = skipped
+        reps = pd.DataFrame(reports, columns=list(REPORT_COLUMNS)) if reports else empty_reports()
+        return Bundle(images=images, reports=reps, root=source)

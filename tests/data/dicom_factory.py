@@ -1,0 +1,158 @@
+"""Write synthetic DICOMs with pydicom from numpy arrays, in every variant the reader must handle.
+
+``write_dicom(path, display, ...)``: ``display`` is the intended image (bright = dense, integers in
+``[0, 2**bits - 1]``). The factory turns it into stored values for the requested variant so that a
+correct reader recovers ``display`` (up to rescale rounding):
+
+* ``photometric="MONOCHROME1"`` stores ``2**bits - 1 - display``;
+* ``slope``/``intercept`` store ``(display - intercept) / slope`` (modality LUT);
+* ``window=(center, width)`` adds a VOI window; ``voi_lut=True`` a linear VOI LUT sequence over
+  the full range instead;
+* ``syntax`` in ``uncompressed | rle | j2k | jpegls`` picks the transfer syntax (JPEG-LS is encoded
+  with imagecodecs when available, as pydicom has no JPEG-LS encoder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SYNTAXES = ("uncompressed", "rle", "j2k", "jpegls")
+
+
+def jpegls_available() -> bool:
+    try:
+        import imagecodecs
+
+        return bool(imagecodecs.JPEGLS.available)
+    except (ImportError, AttributeError):
+        return False
+
+
+def write_dicom(
+    path: str | Path,
+    display: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    voi_lut: bool = False,
+    syntax: str = "uncompressed",
+    bits: int = 16,
+    modality: str = "MG",
+    laterality: str | None = "L",
+    view: str | None = "CC",
+    patient_id: str = "P0",
+    pixel_data: bool = True,
+) -> Path:
+    """Write one DICOM; see the module docstring for the variants. Returns the path."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.sequence import Sequence
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGLSLossless,
+        RLELossless,
+        generate_uid,
+    )
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    maxv = 2**bits - 1
+    values = np.asarray(display, dtype=np.float64)
+    if photometric == "MONOCHROME1":
+        values = maxv - values
+    stored = np.rint((values - intercept) / slope)
+    if stored.min() < 0 or stored.max() > maxv:
+        raise ValueError("rescale pushes values outside the stored range")
+    stored = stored.astype(np.uint16 if bits > 8 else np.uint8)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = patient_id
+    ds.Modality = modality
+    if laterality:
+        ds.ImageLaterality = laterality
+    if view:
+        ds.ViewPosition = view
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16 if bits > 8 else 8
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    if (slope, intercept) != (1.0, 0.0):
+        ds.RescaleSlope = f"{slope:g}"
+        ds.RescaleIntercept = f"{intercept:g}"
+    if window is not None:
+        ds.WindowCenter = f"{window[0]:g}"
+        ds.WindowWidth = f"{window[1]:g}"
+    if voi_lut:
+        from pydicom.dataset import Dataset
+
+        item = Dataset()
+        n = 4096  # one entry per stored 12-bit value, linear onto 0..65535
+        item.LUTDescriptor = [n, 0, 16]
+        item.LUTData = np.linspace(0, 65535, n).astype("<u2").tobytes()
+        item["LUTData"].VR = "OW"
+        item.LUTExplanation = "linear"
+        ds.VOILUTSequence = Sequence([item])
+    if pixel_data:
+        if syntax == "uncompressed":
+            ds.PixelData = stored.tobytes()
+        elif syntax in ("rle", "j2k"):
+            ds.PixelData = stored.tobytes()
+            uid = {"rle": RLELossless, "j2k": JPEG2000Lossless}[syntax]
+            ds.compress(uid, stored)
+        elif syntax == "jpegls":
+            import imagecodecs
+
+            ds.PixelData = encapsulate([imagecodecs.jpegls_encode(stored)])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+        else:
+            raise ValueError(f"unknown syntax {syntax!r}; one of {SYNTAXES}")
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def phantom(shape: tuple[int, int] = (400, 256), *, side: str = "left", seed: int = 0,
+            label: bool = True, lesion: tuple[int, int, int] | None = (200, 90, 14)) -> np.ndarray:
+    """A breast-like 12-bit image: a half-ellipse on the chest-wall side, tissue texture, a label.
+
+    Args:
+        lesion: ``(row, col, radius)`` of a bright disc inside the breast (left-side coordinates),
+            or None.
+
+    Returns:
+        ``(H, W)`` uint16 with background 0 and breast values in ~[600, 4095].
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    cy, ry, rx = h / 2, 0.42 * h, 0.6 * w
+    inside = ((yy - cy) / ry) ** 2 + (xx / rx) ** 2 <= 1
+    img = np.zeros(shape, dtype=np.float64)
+    tissue = 1500 + 800 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 60, shape)
+    img[inside] = tissue[inside]
+    if lesion is not None:
+        r0, c0, rad = lesion
+        img[(yy - r0) ** 2 + (xx - c0) ** 2 <= rad**2] = 3800
+    img[inside & (xx < 3)] = 4095  # the brightest value sits inside the breast
+    if label:  # a burned-in marker far from the breast
+        img[int(0.04 * h):int(0.09 * h), int(0.8 * w):int(0.93 * w)] = 4095
+    img = np.clip(img, 0, 4095)
+    if side == "right":
+        img = img[:, ::-1]
+    return img.astype(np.uint16)
