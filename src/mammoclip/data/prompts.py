@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ _BREASTS_WORDS: dict[str | None, str] = {"R": "the right breast", "L": "the left
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> dict[str, Any]:
     text = resources.files("mammoclip.data").joinpath("prompt_data", name).read_text(encoding="utf-8")
     return json.loads(text)
@@ -85,7 +85,7 @@ def _laterality(laterality: str | None) -> str | None:
 # --- Finding names -------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _alias_table() -> dict[str, str]:
     table: dict[str, str] = {}
     for name, spec in _load("findings.json")["findings"].items():
@@ -357,7 +357,7 @@ class ZeroShotTask:
     values: tuple[Any, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _task_aliases() -> dict[str, str]:
     table: dict[str, str] = {}
     for name, spec in _load("zero_shot.json")["tasks"].items():

@@ -99,7 +99,7 @@ _PSEUDO_NEGATION = re.compile(
     re.I,
 )
 _BENIGN = re.compile(
-    r"\b(?:benign|vascular|dystrophic|popcorn|secretory|skin|rim|eggshell|milk of calcium|coarse|"
+    r"\b(?:benign|vascular|dystrophic|popcorn|secretory|skin|rim|eggshell|milk of calcium|coarse(?! heterogeneous)|"
     r"rod-like|large rodlike|involuting|fibroadenoma|lymph node|cyst|oil)\b",
     re.I,
 )
@@ -109,7 +109,7 @@ _BENIGN_CLAUSE = re.compile(r"\b(?:benign|consistent with (?:an? )?(?:cyst|fibro
 
 _RIGHT = re.compile(r"\bright\b|\brt\b|\bR(?=\s*(?:breast|axilla|CC|MLO|side|nipple)\b)", re.I)
 _LEFT = re.compile(r"\bleft\b|\blt\b|\bL(?=\s*(?:breast|axilla|CC|MLO|side|nipple)\b)", re.I)
-_BOTH = re.compile(r"\b(?:bilateral(?:ly)?|both breasts|both sides|breasts)\b", re.I)
+_BOTH = re.compile(r"\b(?:bilateral(?:ly)?|both breasts|both sides|either breast|either side|breasts)\b", re.I)
 _SIDE_LABEL = re.compile(
     r"^\s*(?:the\s+)?(?P<side>right|left|rt|lt|bilateral|both)(?:\s+breasts?)?(?:\s+findings)?\s*"
     r"(?:[:\-\u2013]\s*|$)",

@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,7 +105,7 @@ class SentenceDropout:
         return " ".join(s for s, k in zip(sentences, keep) if k)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin_lexicon() -> tuple[tuple[str, ...], ...]:
     text = resources.files("mammoclip.data").joinpath("prompt_data", "lexicon.json").read_text(encoding="utf-8")
     return tuple(tuple(g) for g in json.loads(text)["groups"])

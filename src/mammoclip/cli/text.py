@@ -1,0 +1,94 @@
+"""``mammoclip text``: parse radiology reports and summarise a report corpus.
+
+* ``mammoclip text parse REPORT.txt [...]`` prints sections, structured fields and per-breast
+  sentences as JSON.
+* ``mammoclip text stats MANIFEST [--tokenizer DIR]`` summarises the ``reports.csv`` beside a
+  manifest: section coverage, lengths, BI-RADS/density distributions, agreement with the
+  manifest's labels and, with a tokenizer, token lengths and truncation warnings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``text`` command group."""
+    parser = subparsers.add_parser("text", help="parse radiology reports and summarise a report corpus")
+    group = parser.add_subparsers(dest="text_command", metavar="<subcommand>")
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+    parse = group.add_parser("parse", help="print a report's sections and fields as JSON")
+    parse.add_argument("reports", nargs="+", type=Path, help="report text file(s)")
+    parse.add_argument("--no-deidentify", action="store_true", help="keep dates, names and record numbers")
+    parse.add_argument("--output", type=Path, help="write the JSON here instead of stdout")
+    parse.set_defaults(func=_parse)
+
+    stats = group.add_parser("stats", help="summarise the reports of a manifest")
+    stats.add_argument("manifest", type=Path, help="manifest.csv (or its folder) with reports.csv beside it")
+    stats.add_argument("--tokenizer", type=Path, help="local Hugging Face tokenizer folder for token lengths")
+    stats.add_argument("--max-length", type=int, default=None, help="text encoder limit (default: 256, the paper's)")
+    stats.add_argument("--output", type=Path, help="also write the summary as JSON here")
+    stats.set_defaults(func=_stats)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _emit(data: Any, output: Path | None) -> None:
+    text = json.dumps(data, indent=2)
+    if output is None:
+        print(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n", encoding="utf-8")
+
+
+def _parse(args: argparse.Namespace) -> int:
+    from mammoclip.data.reports import read_report
+
+    results = [read_report(p, deidentify_text=not args.no_deidentify).to_dict() for p in args.reports]
+    for result in results:
+        for warning in result["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+    _emit(results[0] if len(results) == 1 else results, args.output)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from mammoclip.constants import TEXT_MAX_LENGTH
+    from mammoclip.data.manifest import load_bundle
+    from mammoclip.data.text_stats import corpus_summary
+    from mammoclip.errors import DataError
+
+    bundle = load_bundle(args.manifest)
+    if not len(bundle.reports):
+        raise DataError(f"{args.manifest}: no reports.csv with rows beside the manifest")
+    summary = corpus_summary(bundle.reports, bundle.images, tokenizer=args.tokenizer,
+                             max_length=args.max_length or TEXT_MAX_LENGTH)
+    _print_summary(summary)
+    if args.output is not None:
+        _emit(summary, args.output)
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"reports: {s['n_reports']} ({s['n_parsed']} parsed), "
+          f"{s['sentences_per_report']:.1f} sentences and {s['chars']['mean']:.0f} characters on average")
+    print("section coverage: " + ", ".join(f"{k} {v:.0%}" for k, v in s["section_coverage"].items()))
+    print("BI-RADS: " + ", ".join(f"{k}: {v}" for k, v in s["birads"].items()))
+    print("density: " + ", ".join(f"{k}: {v}" for k, v in s["density"].items()))
+    for column, agreement in s.get("label_agreement", {}).items():
+        if agreement["agreement"] is not None:
+            print(f"{column} agrees with the manifest for {agreement['agreement']:.0%} of {agreement['n']} reports")
+    for section, stats in s.get("tokens", {}).items():
+        print(f"tokens ({section}): mean {stats['mean']:.1f}, p95 {stats['p95']:.0f}, max {stats['max']}, "
+              f"{stats['n_truncated']} over {stats['max_length']}")
+    for warning in s["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
