@@ -28,8 +28,20 @@ import numpy as np
 
 from mammoclip.constants import DENSITIES, PAPER_IMAGE_SIZE
 from mammoclip.data.synthetic.acquisition import acquire, sample_profile, to_display, window
-from mammoclip.data.synthetic.anatomy import build_view, pixel_spacing, sample_breast_shape, sample_patient_shape
-from mammoclip.data.synthetic.lesions import DEFAULT_PREVALENCE, Finding, breast_birads, place, render, sample_findings
+from mammoclip.data.synthetic.anatomy import (
+    build_view,
+    pixel_spacing,
+    sample_breast_shape,
+    sample_patient_shape,
+)
+from mammoclip.data.synthetic.lesions import (
+    DEFAULT_PREVALENCE,
+    Finding,
+    breast_birads,
+    place,
+    render,
+    sample_findings,
+)
 from mammoclip.data.synthetic.reports import write_report
 from mammoclip.data.synthetic.texture import DENSE_FRACTION, power_law_noise
 from mammoclip.errors import ConfigError, DataError
@@ -150,22 +162,25 @@ def make_patient(index: int, cfg: CohortConfig, out: Path) -> dict[str, Any]:
     patient_shape = sample_patient_shape(rng)
     profile = sample_profile(rng)
     has_marker = bool(rng.random() < cfg.marker_rate)
-    comp_names = sorted(cfg.compression)
-    comp_p = np.asarray([cfg.compression[c] for c in comp_names], float)
-    compression = comp_names[int(rng.choice(len(comp_names), p=comp_p / comp_p.sum()))]
     small = (max(16, size[0] // 8), max(16, size[1] // 8))
     shared = cv2.resize(power_law_noise(small, 3.5, rng, 0.6), (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
     prior_year = int(rng.integers(2015, 2023)) if rng.random() < 0.7 else None
     study_year = int(rng.integers(2023, 2026))
     ext = "dcm" if cfg.fmt == "dicom" else "png"
     space = "original" if cfg.fmt == "dicom" else "processed"
-    dicom_study = None
+    dicom_study, compression = None, "none"
     if cfg.fmt == "dicom":
         from mammoclip.data.synthetic.dicom_writer import DicomStudy, synthetic_name
 
+        # A separate stream for file identity, so that PNG and DICOM cohorts hold the same pixels.
+        id_rng = np.random.default_rng([cfg.seed, index, 1])
+        comp_names = sorted(cfg.compression)
+        comp_p = np.asarray([cfg.compression[c] for c in comp_names], float)
+        compression = comp_names[int(id_rng.choice(len(comp_names), p=comp_p / comp_p.sum()))]
         dicom_study = DicomStudy(
-            patient_id=pid, patient_name=synthetic_name(rng), birth_date=f"{study_year - age}0101", age=age,
-            study_id=sid, study_date=f"{study_year}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
+            patient_id=pid, patient_name=synthetic_name(id_rng), birth_date=f"{study_year - age}0101", age=age,
+            study_id=sid,
+            study_date=f"{study_year}{int(id_rng.integers(1, 13)):02d}{int(id_rng.integers(1, 29)):02d}",
             accession=f"A{cfg.seed % 1000:03d}{index:06d}", uid_seed=f"{cfg.seed}:{index}",
         )
 

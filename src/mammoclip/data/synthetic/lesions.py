@@ -242,9 +242,10 @@ def place(f: Finding, geoms: dict[str, ViewGeometry], image_size: tuple[int, int
         for view, g in geoms.items():
             radial = 0.97 if f.kind == "skin_thickening" else None
             x, y = project(f, g, radial)
-            centers[view] = (x, y)
             if f.kind == "skin_thickening":
+                centers[view] = _nearest_skin(g, x, y)
                 continue
+            centers[view] = (x, y)
             need_mm = min(_reach_mm(f), f.size_mm * 0.6 + 3.0)
             ix, iy = int(round(x)), int(round(y))
             if not (0 <= iy < g.mask.shape[0] and 0 <= ix < g.mask.shape[1]):
@@ -267,6 +268,13 @@ def place(f: Finding, geoms: dict[str, ViewGeometry], image_size: tuple[int, int
             f.dist_cm = round(float(np.hypot(f.depth_frac * cc.depth * sx, r_mm)) / 10.0, 1)
             return True
     return False
+
+
+def _nearest_skin(g: ViewGeometry, x: float, y: float) -> tuple[float, float]:
+    """The skin-line pixel closest to ``(x, y)`` (skin thickening is centred on the skin)."""
+    ys, xs = np.nonzero(g.mask & (g.dist <= 1.5) & (g.pectoral < 0.05))
+    i = int(np.argmin((xs - x) ** 2 + (ys - y) ** 2))
+    return float(xs[i]), float(ys[i])
 
 
 @dataclass
@@ -335,7 +343,7 @@ def _render_mass(f: Finding, view: str, center, image_size) -> Patch:
     if margin == "obscured":  # part of the border hidden by overlying tissue: fade one side
         fade = 0.55 + 0.45 * np.clip(np.cos(phi - rng.uniform(0, 2 * np.pi)) + 0.3, 0, 1)
         body = body * fade.astype(np.float32)
-    contrast = float(rng.uniform(0.17, 0.27))
+    contrast = float(rng.uniform(0.22, 0.32))
     add = contrast * body
     if margin == "spiculated":
         lines = np.zeros_like(body)
@@ -457,7 +465,7 @@ def _render_asymmetry(f: Finding, view: str, center, image_size) -> Patch:
     tex = power_law_noise((max(8, h // 2), max(8, w // 2)), 2.5, rng)
     tex = cv2.resize(tex, (w, h), interpolation=cv2.INTER_LINEAR)
     density = env * np.clip(0.75 + 0.25 * tex, 0.3, 1.2)
-    add = float(rng.uniform(0.13, 0.19)) * density
+    add = float(rng.uniform(0.2, 0.27)) * density
     return Patch(y0, x0, add.astype(np.float32), env > 0.45)
 
 

@@ -66,7 +66,10 @@ COMPOSITION: dict[str, tuple[str, ...]] = {
 _PROTECTED = re.compile(
     r"(right|left|breast|mass|calcif|distortion|asymmetr|skin|thicken|benign|suspicious|no|not|without|"
     r"negative|bi-?rads|o'clock|quadrant|retroareolar|subareolar|nipple|either|bilateral|findings?|"
-    r"impression|history|indication|comparison|composition|dense|fatty|fibroglandular|cm|mm|\d)",
+    r"impression|history|indication|comparison|composition|dense|fatty|fibroglandular|cm|mm|\d|"
+    r"architect|focal|cluster|oval|round|irregular|circumscribed|obscured|lobulated|indistinct|spiculated|"
+    r"punctate|amorphous|coarse|heterogeneous|pleomorphic|linear|grouped|regional|segmental|vascular|rim|"
+    r"popcorn|upper|lower|outer|inner|anterior|middle|posterior|depth|third|region|assessment)",
     re.IGNORECASE,
 )
 _ABBREVIATIONS = {"approximately": "approx.", "examination": "exam", "mammogram": "mammo",
@@ -190,7 +193,7 @@ def _benign_calc(rng: np.random.Generator, f: Finding, side: str) -> str:
     kind = str(f.attrs["type"])
     loc = _location(rng, f, with_depth=False)
     if kind == "vascular":
-        return _pick(rng, (f"Benign vascular calcifications are noted in the {side} breast.",
+        return _pick(rng, (f"Benign vascular calcifications are noted in the {side} breast {loc}.",
                            f"{side.capitalize()} breast: benign vascular calcifications {loc}."))
     if kind == "rim":
         return _pick(rng, (f"A benign rim calcification, likely an oil cyst, is seen in the {side} breast {loc}.",

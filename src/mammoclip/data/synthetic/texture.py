@@ -117,13 +117,15 @@ def render_breast(geom: ViewGeometry, rng: np.random.Generator, dense_fraction: 
     allowed = mask & (taper > 0.5)
     sample = score[allowed][:: max(1, int(allowed.sum() // 60000))]
     thr = np.quantile(sample, 1.0 - dense_fraction) if sample.size else 0.0
-    dense = 1.0 / (1.0 + np.exp(-(score - thr) / 0.18))
+    dense = 1.0 / (1.0 + np.exp(np.clip(-(score - thr) / 0.35, -50, 50)))
     dense = (dense * taper * mask).astype(np.float32)
 
     fine = _upsampled_noise(image_size, 2, 2.2, rng)
-    fat = rng.uniform(0.26, 0.32)
-    gland = rng.uniform(0.62, 0.70)
-    tissue = fat + (gland - fat) * dense * (1.0 + 0.18 * fine) + 0.02 * fine
+    fat = rng.uniform(0.26, 0.31)
+    gland = rng.uniform(0.56, 0.63)
+    # Fibrous detail inside the dense tissue: an elongated mid-frequency field modulates it.
+    fibres = _upsampled_noise(image_size, 2, 2.6, rng, anisotropy=0.35)
+    tissue = fat + (gland - fat) * dense * (1.0 + 0.22 * fine + 0.12 * fibres) + 0.02 * fine
     tissue = tissue + 0.07 * strands(geom, rng, int(rng.integers(25, 45)), image_size)
     # Compressed-breast thickness falls off within ~12 mm of the skin: the periphery is darker.
     r0 = 12.0 / mm
@@ -136,7 +138,7 @@ def render_breast(geom: ViewGeometry, rng: np.random.Generator, dense_fraction: 
     # Pectoral muscle (MLO): bright, smooth, brighter toward the corner.
     if geom.pectoral.any():
         corner = 1.0 - np.clip(np.sqrt((xs / w) ** 2 + (ys / h) ** 2) * 1.6, 0, 1)
-        muscle = rng.uniform(0.70, 0.78) + 0.10 * corner + 0.025 * field
+        muscle = rng.uniform(0.58, 0.66) + 0.12 * corner + 0.02 * field + 0.015 * fine
         img = img + geom.pectoral * (muscle - img)
     img = np.where(mask, img, 0.0).astype(np.float32)
     return img, dense
