@@ -164,7 +164,7 @@ def corpus_summary(
         A JSON-ready dict; ``warnings`` lists every problem met, each naming its report.
     """
     from mammoclip.constants import BIRADS_CATEGORIES, DENSITIES
-    from mammoclip.data.reports import SECTIONS, parse_reports
+    from mammoclip.data.reports import BIRADS_SEVERITY, SECTIONS, parse_reports
 
     rows = reports.to_dict("records") if hasattr(reports, "to_dict") else list(reports)
     parsed, warnings = parse_reports((str(r["report_id"]), _report_text(r)) for r in rows)
@@ -182,11 +182,15 @@ def corpus_summary(
     if images is not None and "report_id" in getattr(images, "columns", ()):
         by_id = {p.report_id: p for p in parsed}
         agreement: dict[str, Any] = {}
-        for column in ("birads", "density"):
+        # A report states the study's overall BI-RADS (the most worrisome breast's) and one density.
+        study_label = {
+            "birads": lambda s: max((int(v) for v in s), key=BIRADS_SEVERITY.index),
+            "density": lambda s: s.mode().iloc[0],
+        }
+        for column, aggregate in study_label.items():
             if column not in images.columns:
                 continue
-            labels = images.dropna(subset=["report_id", column]).groupby("report_id")[column].agg(
-                lambda s: s.mode().iloc[0])
+            labels = images.dropna(subset=["report_id", column]).groupby("report_id")[column].agg(aggregate)
             pairs = [(getattr(by_id[str(rid)], column), lab) for rid, lab in labels.items() if str(rid) in by_id]
             matches = sum(1 for got, want in pairs if got is not None and str(got) == str(want).split(".")[0])
             agreement[column] = {"n": len(pairs), "agreement": matches / len(pairs) if pairs else None}
