@@ -1,0 +1,143 @@
+"""Model registry: JSON configs in ``model_configs/`` discovered at import, and the factory.
+
+Reference: open_clip ``src/open_clip/factory.py`` (``_rescan_model_configs``, ``list_models``,
+``add_model_config``, ``create_model``) and timm ``timm/models/_factory.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from mammoclip.errors import ConfigError
+from mammoclip.models.clip import MammoCLIP
+from mammoclip.models.config import MammoClipCfg
+from mammoclip.models.text import Tokenizer, load_tokenizer
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_MODEL_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def _rescan_model_configs(folder: Path = _CONFIG_DIR) -> None:
+    for path in sorted(folder.glob("*.json")):
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+        MammoClipCfg.from_dict(copy.deepcopy(d))  # validate at import: a broken JSON fails loudly
+        _MODEL_CONFIGS[d.get("name", path.stem)] = d
+
+
+def register_model_config(name: str, config: dict[str, Any] | MammoClipCfg | str | Path) -> None:
+    """Add (or replace) a named model config.
+
+    Args:
+        name: Registry name.
+        config: A config dict, a :class:`MammoClipCfg`, or the path of a JSON file.
+    """
+    if isinstance(config, (str, Path)):
+        config = json.loads(Path(config).read_text(encoding="utf-8"))
+    if isinstance(config, MammoClipCfg):
+        config = config.to_dict()
+    d = copy.deepcopy(config)
+    d["name"] = name
+    MammoClipCfg.from_dict(copy.deepcopy(d))
+    _MODEL_CONFIGS[name] = d
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_MODEL_CONFIGS)
+
+
+def get_model_config(name: str) -> dict[str, Any]:
+    """A deep copy of the named config dict.
+
+    Raises:
+        ConfigError: For an unknown name (the message lists the known ones).
+    """
+    if name not in _MODEL_CONFIGS:
+        raise ConfigError(f"unknown model {name!r}; known: {list_models()}")
+    return copy.deepcopy(_MODEL_CONFIGS[name])
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update: nested dicts are merged, other values replaced."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config(name_or_cfg: str | dict[str, Any] | MammoClipCfg, **overrides: Any) -> MammoClipCfg:
+    """Registry name / dict / config plus overrides -> a validated :class:`MammoClipCfg`.
+
+    ``image_size=(H, W)`` is a shortcut for ``preprocess={"image_size": ...}``; other overrides are
+    merged recursively into the config dict (``text={"hf_config": {"num_hidden_layers": 2}}``).
+    """
+    if isinstance(name_or_cfg, MammoClipCfg):
+        d = name_or_cfg.to_dict()
+    elif isinstance(name_or_cfg, dict):
+        d = copy.deepcopy(name_or_cfg)
+    else:
+        d = get_model_config(name_or_cfg)
+    if "image_size" in overrides:
+        overrides = dict(overrides)
+        size = overrides.pop("image_size")
+        overrides = _merge(overrides, {"preprocess": {"image_size": list(size)}})
+    return MammoClipCfg.from_dict(_merge(d, overrides))
+
+
+def create_model(name_or_cfg: str | dict[str, Any] | MammoClipCfg, pretrained: bool | str = True,
+                 **overrides: Any) -> MammoCLIP:
+    """Build a :class:`MammoCLIP` from the registry.
+
+    Args:
+        name_or_cfg: A registered name (see :func:`list_models`), a config dict or a config.
+        pretrained: True = load the pretrained sources named in the config (package-shipped files
+            load offline; hub names need network); False = random weights, nothing is read;
+            a string = a mammoclip checkpoint directory (or an official ``.tar``) whose weights are
+            loaded strictly into the model built from ``name_or_cfg``.
+        **overrides: Merged into the config (see :func:`resolve_config`).
+
+    Returns:
+        The model, in train mode.
+
+    Example:
+        >>> model = create_model("mammoclip-tiny")
+        >>> tok = get_tokenizer(model)
+        >>> model.encode_text(**tok(["no mass"])).shape
+        torch.Size([1, 64])
+    """
+    cfg = resolve_config(name_or_cfg, **overrides)
+    if isinstance(pretrained, str):
+        from mammoclip.models.checkpoint import load_weights_into
+
+        model = MammoCLIP(cfg, pretrained=False)
+        load_weights_into(model, pretrained)
+        return model
+    return MammoCLIP(cfg, pretrained=bool(pretrained))
+
+
+def get_tokenizer(model_or_name: MammoCLIP | str | MammoClipCfg) -> Tokenizer:
+    """The tokenizer that belongs to a model (or to a registered config).
+
+    ``tok(list[str]) -> {"input_ids", "attention_mask"}``, padded to the longest text, truncated at the
+    config's ``max_length`` (256).
+    """
+    base_dir = None
+    if isinstance(model_or_name, MammoCLIP):
+        cfg, base_dir = model_or_name.cfg, model_or_name.source_dir
+    elif isinstance(model_or_name, MammoClipCfg):
+        cfg = model_or_name
+    else:
+        cfg = resolve_config(model_or_name)
+    if cfg.text.tokenizer is None:
+        raise ConfigError(f"model {cfg.name!r} names no tokenizer (text.tokenizer)")
+    return load_tokenizer(cfg.text.tokenizer, max_length=cfg.text.max_length, base_dir=base_dir)
+
+
+_rescan_model_configs()

@@ -1,0 +1,201 @@
+"""Text tower: any BERT-family transformers encoder, a registered token pooling, a tokenizer wrapper.
+
+The paper's tower is ``emilyalsentzer/Bio_ClinicalBERT`` pooled at the final ``[SEP]`` ("eos",
+official-spec §3). Weights come from a hub name, a local directory or a package-shipped directory
+(:mod:`mammoclip.models.pretrained`); a tower can also be built randomly from a stored config, which
+is how checkpoints rebuild offline.
+
+Reference: open_clip ``src/open_clip/hf_model.py`` (pooler registry).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mammoclip.errors import ConfigError
+from mammoclip.models.config import TextTowerCfg
+from mammoclip.models.pretrained import offline, resolve_source
+
+# --- pooling registry ------------------------------------------------------------------------------
+
+TextPooler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_POOLERS: dict[str, TextPooler] = {}
+
+
+def register_text_pooler(name: str) -> Callable[[TextPooler], TextPooler]:
+    """Register ``fn(hidden (B, L, D), attention_mask (B, L)) -> (B, D)`` under ``name``."""
+
+    def deco(fn: TextPooler) -> TextPooler:
+        _POOLERS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_text_pooler("eos")
+def eos_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of the last non-pad token (the final [SEP] with right padding; the paper)."""
+    last = mask.sum(dim=1).long() - 1  # (B,)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, D)
+
+
+@register_text_pooler("cls")
+def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of the first token ([CLS])."""
+    return hidden[:, 0]  # (B, D)
+
+
+@register_text_pooler("mean")
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mask-weighted mean over tokens (what all-MiniLM-L6-v2 was trained with)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-6)  # (B, D)
+
+
+def list_text_poolers() -> list[str]:
+    return sorted(_POOLERS)
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _hub_error(ref: str, what: str, err: Exception) -> ConfigError:
+    hint = " (HF_HUB_OFFLINE is set)" if offline() else ""
+    return ConfigError(
+        f"cannot load {what} {ref!r}{hint}: {err.__class__.__name__}. Give a local directory holding the "
+        f"model (e.g. a `save_pretrained` copy), or build with pretrained=False"
+    )
+
+
+class TextTower(nn.Module):
+    """transformers encoder + pooling.
+
+    Attributes:
+        encoder: The ``transformers`` base model (``BertModel`` etc.).
+        num_features: Hidden size (768 for Bio_ClinicalBERT, 384 for MiniLM).
+    """
+
+    def __init__(self, cfg: TextTowerCfg, pretrained: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        _quiet_transformers()
+        self.cfg = cfg
+        if cfg.pooling not in _POOLERS:
+            raise ConfigError(f"unknown text pooling {cfg.pooling!r}; known: {list_text_poolers()}")
+        if pretrained and cfg.pretrained is not None:
+            src = resolve_source(cfg.pretrained)
+            try:
+                self.encoder = AutoModel.from_pretrained(src.ref, add_pooling_layer=True)
+            except (OSError, ValueError) as err:
+                raise _hub_error(src.ref, "text encoder", err) from err
+            # Record the architecture so that a checkpoint of this model rebuilds without the source.
+            cfg.hf_config = _arch_dict(self.encoder.config)
+        else:
+            if not cfg.hf_config:
+                raise ConfigError(
+                    f"text tower {cfg.pretrained!r} has no hf_config to build random weights from; "
+                    "use pretrained=True or give text.hf_config"
+                )
+            hf = dict(cfg.hf_config)
+            model_type = hf.pop("model_type", "bert")
+            config = AutoConfig.for_model(model_type, **hf)
+            self.encoder = AutoModel.from_config(config, add_pooling_layer=True)
+        self.pooler = _POOLERS[cfg.pooling]
+        self.num_features: int = int(self.encoder.config.hidden_size)
+        if cfg.freeze_layers:
+            self.freeze_lower_layers(cfg.freeze_layers)
+
+    def freeze_lower_layers(self, n: int) -> None:
+        """Freeze the embeddings and the first ``n`` encoder layers."""
+        layers = self.encoder.encoder.layer
+        if n > len(layers):
+            raise ConfigError(f"text.freeze_layers={n} but the encoder has {len(layers)} layers")
+        for module in [self.encoder.embeddings, *layers[:n]]:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` token ids and mask -> pooled ``(B, D)`` features."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self.pooler(out.last_hidden_state, attention_mask)  # (B, L, D) -> (B, D)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # transformers 5 renamed gradient_* to activation_checkpointing_*; support both.
+        on = getattr(self.encoder, "activation_checkpointing_enable", None) or self.encoder.gradient_checkpointing_enable
+        off = getattr(self.encoder, "activation_checkpointing_disable", None) or self.encoder.gradient_checkpointing_disable
+        if enable:
+            on(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            off()
+
+
+_ARCH_DROP = {"_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype",
+              "gradient_checkpointing", "use_cache", "_attn_implementation_autoset", "output_attentions",
+              "output_hidden_states", "return_dict", "id2label", "label2id", "tie_word_embeddings"}
+
+
+def _arch_dict(config: Any) -> dict[str, Any]:
+    """The architecture-defining part of a transformers config, JSON-serialisable."""
+    d = config.to_diff_dict() if hasattr(config, "to_diff_dict") else config.to_dict()
+    out = {k: v for k, v in d.items() if k not in _ARCH_DROP and not k.startswith("_")}
+    out["model_type"] = config.model_type
+    return out
+
+
+class Tokenizer:
+    """Callable wrapper: ``tok(list[str]) -> {"input_ids", "attention_mask"}`` with dynamic padding.
+
+    Pads to the longest sequence in the batch (the original pads every caption to 256 tokens,
+    official-spec §10 "Speed"), truncates at ``max_length``, right padding (``eos`` pooling relies on it).
+    """
+
+    def __init__(self, hf_tokenizer: Any, max_length: int, source: str) -> None:
+        self.hf = hf_tokenizer
+        self.hf.padding_side = "right"
+        self.max_length = max_length
+        #: Where the vocabulary came from (stored in checkpoints).
+        self.source = source
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.hf.pad_token_id)
+
+    def __call__(self, texts: str | Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = self.hf(list(texts), padding="longest", truncation=True,
+                      max_length=max_length or self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write the vocabulary files (``save_pretrained``) so a checkpoint is self-contained."""
+        self.hf.save_pretrained(str(out_dir))
+
+
+def load_tokenizer(spec: str, max_length: int, base_dir: Path | None = None) -> Tokenizer:
+    """Load a tokenizer from a hub name, local directory or ``package:NAME`` source."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    src = resolve_source(spec, base_dir=base_dir)
+    try:
+        hf = AutoTokenizer.from_pretrained(src.ref)
+    except (OSError, ValueError) as err:
+        raise _hub_error(src.ref, "tokenizer", err) from err
+    return Tokenizer(hf, max_length=max_length, source=spec)
