@@ -132,13 +132,17 @@ class TextTower(nn.Module):
         return self.pooler(out.last_hidden_state, attention_mask)  # (B, L, D) -> (B, D)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # transformers 5 renamed gradient_* to activation_checkpointing_*; support both.
-        on = getattr(self.encoder, "activation_checkpointing_enable", None) or self.encoder.gradient_checkpointing_enable
-        off = getattr(self.encoder, "activation_checkpointing_disable", None) or self.encoder.gradient_checkpointing_disable
-        if enable:
-            on(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; support both.
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.encoder, "activation_checkpointing_enable"):
+            if enable:
+                self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.encoder.activation_checkpointing_disable()
+        elif enable:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
-            off()
+            self.encoder.gradient_checkpointing_disable()
 
 
 _ARCH_DROP = {"_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype",
