@@ -95,7 +95,7 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
-    for f in tmp.iterdir():
+    for f in (p for p in tmp.rglob("*") if p.is_file()):
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     trash = final.parent / f".old-{final.name}-{os.getpid()}"
