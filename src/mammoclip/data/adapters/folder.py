@@ -2,8 +2,8 @@
 
 The shape of a typical hospital export (mission.md §4). Laterality and view come from the DICOM
 header (:func:`mammoclip.data.dicom.read_dicom_header`, which also reads free-text fields);
-the report's raw text goes to ``reports.csv`` (``text``), with findings/impression filled by
-:func:`mammoclip.data.reports.parse_report` when that module is available. Splits are assigned
+the report's raw text goes to ``reports.csv`` (``text``), with findings/impression/history filled by
+:func:`mammoclip.data.reports.parse_report`. Splits are assigned
 per patient by hash (:func:`mammoclip.data.manifest.assign_patient_splits`).
 """
 
@@ -23,14 +23,12 @@ DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 REPORT_FILE = "report.txt"
 
 
-def _report_sections(text: str) -> dict[str, str]:
-    try:
-        from mammoclip.data.reports import parse_report
-    except ImportError:  # the text module is optional: keep the raw text only
-        return {}
-    parsed: Any = parse_report(text)
-    get = parsed.get if isinstance(parsed, dict) else (lambda k, d="": getattr(parsed, k, d))
-    return {k: str(get(k, "") or "") for k in ("findings", "impression", "history")}
+def _report_sections(text: str, report_id: str) -> dict[str, str]:
+    """Findings/impression/history of a report (de-identified by the parser); raw text stays in ``text``."""
+    from mammoclip.data.reports import parse_report
+
+    parsed = parse_report(text, report_id)
+    return {name: parsed.sections.get(name, "") for name in ("findings", "impression", "history")}
 
 
 @register_adapter("folder", "plain folder <root>/<patient>/<study>/*.dcm + report.txt")
@@ -73,9 +71,8 @@ class FolderAdapter:
             report = study_dir / REPORT_FILE
             if report.exists():
                 text = report.read_text(encoding="utf-8", errors="replace")
-                entry = {"report_id": f"{study_dir.parent.name}/{study_dir.name}", "findings": "",
-                         "impression": "", "history": "", "text": text}
-                entry.update(_report_sections(text))
+                report_id = f"{study_dir.parent.name}/{study_dir.name}"
+                entry = {"report_id": report_id, **_report_sections(text, report_id), "text": text}
                 reports.append(entry)
         if not rows:
             raise DataError(f"{source}: no usable DICOM files ({len(skipped)} skipped; first: {skipped[0]})")
