@@ -71,6 +71,11 @@ def test_vindr_negatives_are_the_other_findings() -> None:
     assert "there is a mass" not in none and none.count(".") == len(VINDR_FINDINGS)
 
 
+def test_positive_no_finding_clears_negatives() -> None:
+    text = P.labels_to_text((["No Finding"], ["Mass", "Asymmetry"]), "R", deterministic=True)
+    assert text == "no mammographic evidence of malignancy in the right breast."
+
+
 def test_cbis_and_rsna_sentences() -> None:
     rng = np.random.default_rng(1)
     mass = P.cbis_to_text("MASS", "R", rng, shape="IRREGULAR-OVAL", margin="SPICULATED", pathology="MALIGNANT")

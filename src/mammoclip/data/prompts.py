@@ -128,6 +128,9 @@ def _split_findings(
         neg = [k for k, v in states.items() if v is False]
     else:
         pos, neg = (list(x) for x in findings)
+    if any(_key(p) == "no finding" for p in pos):
+        # As the original: a "No Finding" label clears the negatives (official-spec §2.3).
+        neg = []
     pos_c = list(dict.fromkeys(canonical_finding(p) for p in pos if _key(p) != "no finding"))
     neg_c = [n for n in dict.fromkeys(canonical_finding(n) for n in neg if _key(n) != "no finding") if n not in pos_c]
     return pos_c, neg_c
@@ -205,8 +208,8 @@ def labels_to_text(
         findings: Either a mapping ``{finding: present}`` (``None``/NaN = unknown, skipped) whose
             keys are VinDr names or manifest columns (``mass``, ``calcification``, ``distortion``,
             ``asymmetry``, ``malignant``), or a pair ``(positives, negatives)`` of name lists as in
-            the original's 4-slot lists. A key ``"No Finding"`` is ignored (it is implied by no
-            positives).
+            the original's 4-slot lists. A positive ``"No Finding"`` drops the negatives and writes
+            the "no finding" sentence, as the original does.
         laterality: ``"L"``, ``"R"`` or ``None`` (side not stated).
         rng: Random source; required unless ``deterministic``.
         density: ACR density A-D, or ``None``.

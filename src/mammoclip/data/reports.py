@@ -147,6 +147,7 @@ _ABBREVIATIONS = re.compile(
     r"Rt|Lt|St|hx|dx|Sr|Jr|ca|no|nr)\.(?=\s+\S)|\b(?:i\.e|e\.g|a\.m|p\.m|n\.b|q\.v|b\.i\.d)\.",
     re.I,
 )
+_INNER_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s")
 _DOT_GUARD = "\u2024"  # ONE DOT LEADER: stands in for a protected period while pysbd runs.
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022\u00b7\u25aa\u2023>]+|\(?\d{1,2}[.)]|\(?[a-hA-H][.)])\s+")
 
@@ -356,7 +357,9 @@ def split_sentences(text: str) -> list[str]:
     segmenter = _segmenter()
     for block in _blocks(text):
         guarded = _ABBREVIATIONS.sub(lambda m: m.group(0).replace(".", _DOT_GUARD), block)
-        for piece in segmenter.segment(guarded):
+        # No ". " / "? " / "! " inside: one sentence, no need for pysbd (most list items and lines).
+        pieces = segmenter.segment(guarded) if _INNER_BOUNDARY.search(guarded.rstrip()) else [guarded]
+        for piece in pieces:
             piece = piece.replace(_DOT_GUARD, ".").strip()
             if piece:
                 sentences.append(piece)
