@@ -348,9 +348,12 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int = 0,
             bar.update()
     else:
         import multiprocessing as mp
+        import sys
 
-        # spawn: workers must not inherit a forked torch/OpenMP state from the parent process.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        # fork is fast and needs no __main__ guard; but once torch is loaded its OpenMP pool must
+        # not be forked, so spawn then (the caller's script needs `if __name__ == "__main__":`).
+        method = "spawn" if "torch" in sys.modules or sys.platform != "linux" else "fork"
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
             chunk = max(1, min(8, n_patients // (4 * workers)))
             for res in pool.map(make_patient, range(n_patients), [cfg] * n_patients, [out] * n_patients,
                                 chunksize=chunk):

@@ -141,14 +141,14 @@ def sample_findings(rng: np.random.Generator, side: str, patient_idx: int, start
         if kind == "mass":
             attrs["shape"] = _choice(rng, MASS_SHAPES, MASS_SHAPE_P[m])
             attrs["margin"] = _choice(rng, MASS_MARGINS, MASS_MARGIN_P[m])
-            size = float(rng.uniform(12, 34) if malignant else rng.uniform(10, 28))
+            size = float(rng.uniform(14, 36) if malignant else rng.uniform(12, 30))
             score = RISK[str(attrs["shape"])] + RISK[str(attrs["margin"])]
         elif kind == "calcification":
             attrs["morphology"] = _choice(rng, CALC_MORPHOLOGIES, CALC_MORPH_P[m])
             attrs["distribution"] = _choice(rng, CALC_DISTRIBUTIONS, CALC_DIST_P[m])
-            extent = {"grouped": (7, 16), "linear": (12, 26), "segmental": (18, 34), "regional": (22, 38)}
+            extent = {"grouped": (8, 18), "linear": (12, 26), "segmental": (18, 34), "regional": (22, 38)}
             size = float(rng.uniform(*extent[str(attrs["distribution"])]))
-            attrs["count"] = int(rng.integers(10, 28) * (1.6 if attrs["distribution"] == "regional" else 1.0))
+            attrs["count"] = int(rng.integers(12, 32) * (1.6 if attrs["distribution"] == "regional" else 1.0))
             score = RISK[str(attrs["morphology"])] + RISK[str(attrs["distribution"])]
         elif kind == "distortion":
             size = float(rng.uniform(16, 32))
@@ -162,7 +162,7 @@ def sample_findings(rng: np.random.Generator, side: str, patient_idx: int, start
             score = 1.2
         else:
             attrs["type"] = BENIGN_CALC_TYPES[int(rng.integers(len(BENIGN_CALC_TYPES)))]
-            size = float({"vascular": rng.uniform(35, 60), "rim": rng.uniform(4, 9),
+            size = float({"vascular": rng.uniform(35, 60), "rim": rng.uniform(6, 14),
                           "popcorn": rng.uniform(7, 13)}[str(attrs["type"])])
             score = -10.0
         score += float(rng.normal(0, 0.6)) + (0.8 if malignant else 0.0)
@@ -392,8 +392,8 @@ def _render_calcification(f: Finding, view: str, center, image_size) -> Patch:
         pts = pts @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     canvas = np.zeros((Y.shape[0], X.shape[1]), np.float32)
     morph = str(f.attrs["morphology"])
-    size_mm = {"punctate": (0.45, 0.7), "amorphous": (0.35, 0.55), "coarse heterogeneous": (0.7, 1.3),
-               "fine pleomorphic": (0.35, 0.9), "fine linear": (0.35, 0.5)}[morph]
+    size_mm = {"punctate": (0.5, 0.8), "amorphous": (0.4, 0.6), "coarse heterogeneous": (0.7, 1.3),
+               "fine pleomorphic": (0.4, 0.9), "fine linear": (0.4, 0.55)}[morph]
     level = 0.55 if morph == "amorphous" else 1.0
     ppx = _to_px(pts, center, y0, x0, sp)
     shift = 4  # sub-pixel drawing
@@ -510,7 +510,7 @@ def _render_benign_calc(f: Finding, view: str, center, image_size) -> Patch:
         r = f.size_mm / 2
         c = _to_px(np.zeros((1, 2)), center, y0, x0, sp)[0]
         cv2.ellipse(canvas, (int(c[0]), int(c[1])), (max(2, int(r / sp[0])), max(2, int(r / sp[1]))),
-                    0, 0, 360, 1.0, max(1, int(round(0.6 / px))), cv2.LINE_AA)
+                    0, 0, 360, 1.0, max(1, int(round(0.9 / px))), cv2.LINE_AA)
         mask = (X / (r + 1)) ** 2 + (Y / (r + 1)) ** 2 <= 1
     else:  # popcorn: coarse clumps in an involuting fibroadenoma
         pts = rng.normal(0, f.size_mm / 6, (int(rng.integers(5, 9)), 2))

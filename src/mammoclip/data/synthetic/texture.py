@@ -138,7 +138,7 @@ def render_breast(geom: ViewGeometry, rng: np.random.Generator, dense_fraction: 
     # Pectoral muscle (MLO): bright, smooth, brighter toward the corner.
     if geom.pectoral.any():
         corner = 1.0 - np.clip(np.sqrt((xs / w) ** 2 + (ys / h) ** 2) * 1.6, 0, 1)
-        muscle = rng.uniform(0.58, 0.66) + 0.12 * corner + 0.02 * field + 0.015 * fine
+        muscle = rng.uniform(0.50, 0.58) + 0.14 * corner + 0.025 * field + 0.015 * fine
         img = img + geom.pectoral * (muscle - img)
     img = np.where(mask, img, 0.0).astype(np.float32)
     return img, dense
