@@ -211,3 +211,23 @@ def test_to_dict_is_json_ready() -> None:
 
     data = R.read_report(FIXTURES / "per_breast.txt").to_dict()
     assert json.loads(json.dumps(data))["positive_findings"]["L"] == ["distortion", "mass"]
+
+
+@pytest.mark.parametrize(
+    ("text", "sections", "birads"),
+    [
+        ("**Findings:** Oval mass in the right breast.\n**Impression:** BI-RADS\u00ae 3.",
+         {"findings": "Oval mass in the right breast.", "impression": "BI-RADS\u00ae 3."}, 3),
+        ("FINDINGS AND IMPRESSION: No mass. BI-RADS 1.", {"findings": "No mass. BI-RADS 1."}, 1),
+        ("IMPRESSION/RECOMMENDATION: Benign.\nOverall BI-RADS: 2", {"impression": "Benign.", "assessment": "2"}, 2),
+        ("findings: normal.\nFinal Assessment Category: 2 - Benign", {"findings": "normal.", "assessment": "2 - Benign"}, 2),
+        ("Findings: normal. Impression and recommendation: negative.",
+         {"findings": "normal.", "impression": "negative."}, None),
+        ("Findings: Density is heterogeneous.\nAssessment of the axilla: normal.",
+         {"findings": "Density is heterogeneous.\nAssessment of the axilla: normal."}, None),
+    ],
+)
+def test_header_variants(text: str, sections: dict[str, str], birads: int | None) -> None:
+    report = R.parse_report(text, "v")
+    assert report.sections == sections
+    assert report.birads == birads and report.warnings == []

@@ -52,7 +52,9 @@ SECTION_HEADERS: dict[str, tuple[str, ...]] = {
     "technique": ("technique", "procedure", "examination", "exam", "views", "views obtained", "study",
                   "mammographic technique", "type of examination", "mammography", "mammogram", "mammograms"),
     "composition": ("breast composition", "breast density", "density", "composition", "breast tissue",
-                    "parenchymal density", "tissue density", "parenchymal pattern", "acr density"),
+                    "parenchymal density", "tissue density", "parenchymal pattern", "acr density",
+                    "acr breast density", "breast density category", "acr breast density category",
+                    "breast composition category"),
     "findings": ("findings", "finding", "report", "observations", "mammographic findings",
                  "mammogram findings", "description", "mammography findings"),
     "impression": ("impression", "impressions", "conclusion", "conclusions", "summary", "opinion",
@@ -60,7 +62,8 @@ SECTION_HEADERS: dict[str, tuple[str, ...]] = {
     "assessment": ("bi-rads", "birads", "bi-rads assessment", "bi-rads category", "birads category",
                    "bi-rads assessment category", "acr bi-rads", "assessment", "final assessment",
                    "overall assessment", "assessment category", "classification", "overall classification",
-                   "result"),
+                   "result", "final assessment category", "overall bi-rads", "overall bi-rads assessment",
+                   "overall bi-rads category", "bi-rads final assessment", "final bi-rads"),
     "recommendation": ("recommendation", "recommendations", "plan", "follow-up", "follow up", "management",
                        "advice", "outcome", "recommended action"),
 }
@@ -242,14 +245,17 @@ def _header_regexes() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, str]]
     lookup = {alias: section for section, aliases in SECTION_HEADERS.items() for alias in aliases}
     names = "|".join(re.escape(a).replace(r"\ ", r"\s+").replace(r"\-", r"[\-\s]?")
                      for a in sorted(lookup, key=len, reverse=True))
+    # "FINDINGS AND IMPRESSION:", "IMPRESSION/RECOMMENDATION:" open the first named section.
+    joined = rf"(?:\s*(?:/|&|,|\band\b)\s*(?:{names}))*"
     line = re.compile(
         rf"^\s*(?:[-*\u2022]\s*|\d{{1,2}}[.)]\s*)?"
-        rf"(?:\[\s*(?P<bracket>{names})\s*\]|\*\*(?P<bold>{names})\*\*|(?P<plain>{names})(?![\w\-]))"
+        rf"(?:\[\s*(?P<bracket>{names})\s*\]|\*\*(?P<bold>{names})\s*(?P<boldsep>:)?\s*\*\*"
+        rf"|(?P<plain>{names}){joined}(?![\w\-]))"
         rf"\s*(?P<sep>:|\s-\s|\u2013)?\s*(?P<rest>.*)$",
         re.I,
     )
     # A header in the middle of a line: upper case, or after a sentence end; always with a colon.
-    inline = re.compile(rf"(?:(?<=[.;!?])\s+|\s{{2,}})(?=(?:{names})\s*:)|\s+(?=\[(?:{names})\])", re.I)
+    inline = re.compile(rf"(?:(?<=[.;!?])\s+|\s{{2,}})(?=(?:{names}){joined}\s*:)|\s+(?=\[(?:{names})\])", re.I)
     return line, inline, lookup
 
 

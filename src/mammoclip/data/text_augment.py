@@ -200,7 +200,7 @@ class BackTranslation:
         if not self._models:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-            for folder in (self.forward_model, self.backward_model):
+            for folder in (str(self.forward_model), str(self.backward_model)):  # checked in __post_init__
                 try:
                     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
                     model = AutoModelForSeq2SeqLM.from_pretrained(folder, local_files_only=True)
