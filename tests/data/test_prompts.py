@@ -138,3 +138,18 @@ def test_user_prompt_file(tmp_path) -> None:
         assert str(bad) in str(err.value)
     with pytest.raises(DataError, match="not found"):
         P.load_prompt_file(tmp_path / "missing.json")
+
+
+def test_user_prompt_file_for_one_task(tmp_path) -> None:
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"suspicious_calcification": {"no": ["no calcs"], "yes": ["calcs"]}}))
+    # Aliases find the task either way round.
+    assert P.load_prompt_file(many, task="calcification") == {"no": ["no calcs"], "yes": ["calcs"]}
+    with pytest.raises(DataError, match="no prompts for task 'mass'"):
+        P.load_prompt_file(many, task="mass")
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"A": ["fatty"], "B": ["scattered"], "C": ["hetero"], "D": ["dense"]}))
+    assert list(P.load_prompt_file(one, task="density")) == ["A", "B", "C", "D"]
+    assert P.load_prompt_file(one) == {"custom": {"A": ["fatty"], "B": ["scattered"], "C": ["hetero"], "D": ["dense"]}}
+    with pytest.raises(DataError, match="built-in task has 2"):
+        P.load_prompt_file(one, task="mass")

@@ -413,16 +413,28 @@ def zero_shot_prompts(task: str, style: str = "paper") -> dict[str, list[str]]:
     return {cls: list(prompts) for cls, prompts in zip(spec["classes"], spec[style])}
 
 
-def load_prompt_file(path: str | Path) -> dict[str, dict[str, list[str]]]:
+def load_prompt_file(path: str | Path, task: str | None = None) -> dict[str, Any]:
     """Read and validate a user's zero-shot prompt file.
 
-    The file is a JSON object ``{task: {class_name: [prompt, ...], ...}, ...}``; the order of the
-    classes in the file is the label index order (negative first for binary tasks). A task named
-    like a built-in one must have the same number of classes.
+    Two layouts are accepted, with classes in label index order (negative first for binary
+    tasks):
+
+    * several tasks: ``{task: {class_name: [prompt, ...], ...}, ...}``;
+    * one task: ``{class_name: [prompt, ...], ...}`` (read as the task ``task``).
+
+    A task named like a built-in one (or an alias) must have the built-in number of classes.
+
+    Args:
+        path: The JSON file.
+        task: Return only this task's ``{class_name: [prompt, ...]}``; required for a one-task file
+            to be checked against a built-in task.
+
+    Returns:
+        ``{task: {class_name: [prompts]}}``, or ``{class_name: [prompts]}`` when ``task`` is given.
 
     Raises:
-        DataError: The file is missing, not JSON, or breaks the format; the message names the
-            file and the offending key.
+        DataError: The file is missing, not JSON, breaks the format, or lacks ``task``; the message
+            names the file and the offending key.
     """
     path = Path(path)
     if not path.is_file():
@@ -432,20 +444,29 @@ def load_prompt_file(path: str | Path) -> dict[str, dict[str, list[str]]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a valid JSON file ({err})") from None
     if not isinstance(data, dict) or not data:
-        raise DataError(f"{path}: expected a JSON object {{task: {{class: [prompts]}}}}")
+        raise DataError(f"{path}: expected a JSON object {{task: {{class: [prompts]}}}} or {{class: [prompts]}}")
+    if all(isinstance(v, list) for v in data.values()):
+        data = {task or "custom": data}
     builtin = _task_aliases()
-    for task, classes in data.items():
+    for name, classes in data.items():
         if not isinstance(classes, dict) or len(classes) < 2:
-            raise DataError(f"{path}: task {task!r} must map at least two class names to prompt lists")
+            raise DataError(f"{path}: task {name!r} must map at least two class names to prompt lists")
         for cls, prompts in classes.items():
             if (
                 not isinstance(prompts, list)
                 or not prompts
                 or not all(isinstance(p, str) and p.strip() for p in prompts)
             ):
-                raise DataError(f"{path}: task {task!r} class {cls!r} needs a non-empty list of non-empty strings")
-        if _key(task) in builtin:
-            expected = len(_load("zero_shot.json")["tasks"][builtin[_key(task)]]["classes"])
+                raise DataError(f"{path}: task {name!r} class {cls!r} needs a non-empty list of non-empty strings")
+        if _key(name) in builtin:
+            expected = len(_load("zero_shot.json")["tasks"][builtin[_key(name)]]["classes"])
             if len(classes) != expected:
-                raise DataError(f"{path}: task {task!r} has {len(classes)} classes, the built-in task has {expected}")
-    return {task: {cls: list(p) for cls, p in classes.items()} for task, classes in data.items()}
+                raise DataError(f"{path}: task {name!r} has {len(classes)} classes, the built-in task has {expected}")
+    tables = {name: {cls: list(p) for cls, p in classes.items()} for name, classes in data.items()}
+    if task is None:
+        return tables
+    by_key = {_key(name): name for name in tables}
+    for candidate in (_key(task), *(k for k, v in builtin.items() if v == builtin.get(_key(task)))):
+        if candidate in by_key:
+            return tables[by_key[candidate]]
+    raise DataError(f"{path}: no prompts for task {task!r}; the file has {sorted(tables)}")
