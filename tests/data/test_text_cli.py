@@ -65,3 +65,16 @@ def test_text_stats_without_reports(make_cohort: Callable[..., Path], capsys: py
     (manifest.parent / "reports.csv").unlink()
     assert main(["text", "stats", str(manifest)]) == 2
     assert "no reports.csv" in capsys.readouterr().err
+
+
+def test_text_prompts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["text", "prompts"]) == 0
+    listing = capsys.readouterr().out
+    assert "mass" in listing and "density" in listing and "A, B, C, D" in listing
+    assert main(["text", "prompts", "suspicious_calcification"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"no_suspicious_calcification": ["no suspicious calcification"],
+                                                   "suspicious_calcification": ["suspicious calcification"]}
+    assert main(["text", "prompts", "density", "--style", "ensemble"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["A", "B", "C", "D"]
+    assert main(["text", "prompts", "fracture"]) == 2
+    assert "unknown zero-shot task" in capsys.readouterr().err

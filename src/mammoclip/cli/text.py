@@ -5,6 +5,8 @@
 * ``mammoclip text stats MANIFEST [--tokenizer DIR]`` summarises the ``reports.csv`` beside a
   manifest: section coverage, lengths, BI-RADS/density distributions, agreement with the
   manifest's labels and, with a tokenizer, token lengths and truncation warnings.
+* ``mammoclip text prompts [TASK] [--style paper|ensemble]`` lists the zero-shot tasks or prints
+  one task's prompts.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--max-length", type=int, default=None, help="text encoder limit (default: 256, the paper's)")
     stats.add_argument("--output", type=Path, help="also write the summary as JSON here")
     stats.set_defaults(func=_stats)
+
+    prompts = group.add_parser("prompts", help="list zero-shot tasks or print a task's prompts as JSON")
+    prompts.add_argument("task", nargs="?", help="task name (omit to list the tasks)")
+    prompts.add_argument("--style", default="paper", help="'paper' (two-word pairs) or 'ensemble'")
+    prompts.set_defaults(func=_prompts)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -75,6 +82,18 @@ def _stats(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if args.output is not None:
         _emit(summary, args.output)
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from mammoclip.data.prompts import list_zero_shot_tasks, zero_shot_prompts, zero_shot_task
+
+    if args.task is None:
+        for name in list_zero_shot_tasks():
+            info = zero_shot_task(name)
+            print(f"{name:<14} column {info.label_column:<14} classes {', '.join(info.classes)}")
+        return 0
+    _emit(zero_shot_prompts(args.task, args.style), None)
     return 0
 
 
