@@ -86,7 +86,7 @@ def test_per_breast_attribution() -> None:
     ("sentence", "side"),
     [("There is a mass in the right breast.", "R"), ("Lt. breast: benign.", "L"), ("R CC view only.", "R"),
      ("The breasts are dense.", "B"), ("No change on the right or left.", "B"), ("Bilateral cysts.", "B"),
-     ("A lesion is seen.", "B"), ("Right is worse than left.", "B")],
+     ("A lesion is seen.", "B"), ("Right is worse than left.", "B"), ("Only on the LMLO view.", "L")],
 )
 def test_sentence_side(sentence: str, side: str) -> None:
     assert R.sentence_side(sentence) == side
@@ -231,3 +231,13 @@ def test_header_variants(text: str, sections: dict[str, str], birads: int | None
     report = R.parse_report(text, "v")
     assert report.sections == sections
     assert report.birads == birads and report.warnings == []
+
+
+def test_captions_per_section_and_breast() -> None:
+    report = R.read_report(FIXTURES / "per_breast.txt")
+    left = report.captions("L", style="paper")
+    assert left == ["there is a 9 mm irregular mass with indistinct margins in the upper outer quadrant at mid depth "
+                    "associated architectural distortion is present", "bi - rads 4b"]  # <= 2-token sentences go
+    assert len(report.captions()) == 2 and report.captions()[1].startswith("Benign.")
+    assert R.read_report(FIXTURES / "missing_sections.txt").captions("R") == [
+        "No mammographic evidence of malignancy in either breast. BI-RADS 1."]

@@ -110,8 +110,8 @@ _BENIGN = re.compile(
 #: A benign conclusion later in the clause ("mass ..., most consistent with a benign lymph node").
 _BENIGN_CLAUSE = re.compile(r"\b(?:benign|consistent with (?:an? )?(?:cyst|fibroadenoma|lymph node|fat necrosis))\b", re.I)
 
-_RIGHT = re.compile(r"\bright\b|\brt\b|\bR(?=\s*(?:breast|axilla|CC|MLO|side|nipple)\b)", re.I)
-_LEFT = re.compile(r"\bleft\b|\blt\b|\bL(?=\s*(?:breast|axilla|CC|MLO|side|nipple)\b)", re.I)
+_RIGHT = re.compile(r"\bright\b|\brt\b|\bR(?=\s*(?:breast|axilla|CC|MLO|side|nipple)\b)|\bR(?:CC|MLO|ML|XCCL)\b", re.I)
+_LEFT = re.compile(r"\bleft\b|\blt\b|\bL(?=\s*(?:breast|axilla|CC|MLO|side|nipple)\b)|\bL(?:CC|MLO|ML|XCCL)\b", re.I)
 _BOTH = re.compile(r"\b(?:bilateral(?:ly)?|both breasts|both sides|either breast|either side|breasts)\b", re.I)
 _SIDE_LABEL = re.compile(
     r"^\s*(?:the\s+)?(?P<side>right|left|rt|lt|bilateral|both)(?:\s+breasts?)?(?:\s+findings)?\s*"
@@ -613,6 +613,28 @@ class ParsedReport:
     def breast_text(self, side: str, sections: Iterable[str] = ("findings", "impression")) -> str:
         """The text to pair with one breast's images: :meth:`breast_sentences` joined by spaces."""
         return " ".join(self.breast_sentences(side, sections))
+
+    def captions(
+        self, side: str | None = None, sections: Iterable[str] = ("findings", "impression"), style: str = "clean"
+    ) -> list[str]:
+        """One normalised caption per non-empty section, as the paper trains on (official-spec §2.1).
+
+        Args:
+            side: ``"L"``/``"R"`` keeps that breast's sentences (:meth:`breast_sentences`);
+                ``None`` keeps every sentence.
+            sections: Sections to caption, in order.
+            style: :func:`normalize_text` style.
+        """
+        out = []
+        for section in sections:
+            if side is None:
+                sentences = [s.text for s in self.sentences if s.section == section]
+            else:
+                sentences = self.breast_sentences(side, [section])
+            text = normalize_text(" ".join(sentences), style=style) if sentences else ""
+            if text:
+                out.append(text)
+        return out
 
     def positive_findings(self) -> dict[str, set[str]]:
         """Findings asserted (not negated, not benign) per side: ``{"R": {...}, "L": {...}, "B": {...}}``."""
