@@ -19,18 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.data.dicom_factory import phantom, write_dicom  # noqa: E402
 
 from mammoclip.data.breast import BreastPreprocess, to_bits, to_unit  # noqa: E402
 from mammoclip.data.dicom import read_dicom  # noqa: E402
 from mammoclip.data.imageio import write_png  # noqa: E402
 from mammoclip.data.manifest import Bundle  # noqa: E402
 from mammoclip.data.preprocess import PreprocessOptions, preprocess  # noqa: E402
-from tests.data.dicom_factory import phantom, write_dicom  # noqa: E402
 
 CASES = [((3328, 2560), "uncompressed"), ((3328, 2560), "j2k"), ((4096, 3328), "uncompressed"), ((4096, 3328), "j2k")]
 

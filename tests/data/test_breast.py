@@ -22,7 +22,6 @@ from mammoclip.data.preprocess import PreprocessOptions, process_image
 from tests.data.dicom_factory import jpegls_available, phantom, write_dicom
 from tests.data.test_dicom import real_cases
 
-
 # --- real films --------------------------------------------------------------------------------
 
 def independent_breast(image: np.ndarray, k: int = 8, frac: float = 0.2) -> tuple[np.ndarray, list[tuple]]:
@@ -236,3 +235,11 @@ def test_paper_run_counter_matches_spec_away_from_edges() -> None:
     np.testing.assert_array_equal(np.where(counts == counts.max())[0], spec_longest_runs(flags))
     # the original undercounts runs touching an end by one (kept for exact reproduction)
     assert _count_up_continuing_ones(np.array([1, 1, 1, 0], dtype=bool)).tolist() == [2, 2, 2, -1]
+
+
+def test_paper_mode_matches_spec_on_a_real_film() -> None:
+    path = real_cases()[3]
+    out, record = process_image(path, PreprocessOptions(size=(380, 228), mode="paper"))
+    values, meta = read_dicom(path, invert=False)
+    np.testing.assert_array_equal(out, spec_paper_preprocess(values, meta.inverted, (380, 228)))
+    assert (record.orig_height, record.orig_width) == values.shape

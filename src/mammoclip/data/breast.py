@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mammoclip.constants import PAPER_BORDER_CROP, PAPER_CROP_BAND, PAPER_CROP_THRESHOLD
 from mammoclip.errors import ConfigError
 
 #: Longest side of the downsampled copy used for segmentation (speed; ~10x fewer pixels than 1520).
@@ -135,7 +136,6 @@ class TransformRecord:
         Args:
             interpolation: ``area`` (images; what the paper uses), ``linear`` or ``nearest`` (masks).
         """
-        import cv2
 
         if image.shape[:2] != (self.orig_height, self.orig_width):
             raise ValueError(f"array of shape {image.shape} does not match the record's original size "
@@ -430,7 +430,7 @@ def _count_up_continuing_ones(b_arr: np.ndarray) -> np.ndarray:
     return right - left - 1
 
 
-def paper_extract_breast(img: np.ndarray, *, threshold: int = 40, band: float = 0.8
+def paper_extract_breast(img: np.ndarray, *, threshold: int = PAPER_CROP_THRESHOLD, band: float = PAPER_CROP_BAND
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The paper's heuristic crop (official-spec §1 step 5) on an 8-bit image.
 
@@ -452,7 +452,7 @@ def paper_extract_breast(img: np.ndarray, *, threshold: int = 40, band: float = 
     return img[row_ind][:, col_ind], row_ind, col_ind
 
 
-def paper_preprocess(values: np.ndarray, monochrome1: bool, size: tuple[int, int], *, border: int = 5
+def paper_preprocess(values: np.ndarray, monochrome1: bool, size: tuple[int, int], *, border: int = PAPER_BORDER_CROP
                      ) -> tuple[np.ndarray, TransformRecord]:
     """Reproduce the original preprocessing (official-spec §1 steps 2-6) on decoded values.
 

@@ -28,7 +28,14 @@ import numpy as np
 import pandas as pd
 
 from mammoclip.constants import PAPER_BORDER_CROP, PAPER_IMAGE_SIZE
-from mammoclip.data.breast import FLIP_TARGETS, RESIZE_MODES, WINDOWS, BreastPreprocess, TransformRecord, paper_preprocess
+from mammoclip.data.breast import (
+    FLIP_TARGETS,
+    RESIZE_MODES,
+    WINDOWS,
+    BreastPreprocess,
+    TransformRecord,
+    paper_preprocess,
+)
 from mammoclip.data.dicom import read_dicom
 from mammoclip.data.imageio import read_image, write_png
 from mammoclip.data.manifest import (

@@ -40,7 +40,7 @@ def register_adapter(name: str, description: str) -> Callable[[type], type]:
     """Class decorator: register a class with static ``detect`` and ``load`` under ``name``."""
 
     def wrap(cls: type) -> type:
-        _ADAPTERS[name] = Adapter(name, cls.detect, cls.load, description)
+        _ADAPTERS[name] = Adapter(name, cls.detect, cls.load, description)  # type: ignore[attr-defined]
         return cls
 
     return wrap

@@ -81,7 +81,7 @@ class VinDrAdapter:
         finding_path = source / FINDING_FILE
         if finding_path.exists():
             findings = read_csv(finding_path, ("image_id", "finding_categories", "xmin", "ymin", "xmax", "ymax"))
-            labels = {col: set() for col in dict.fromkeys(CATEGORY_TO_LABEL.values())}
+            labels: dict[str, set[str]] = {col: set() for col in dict.fromkeys(CATEGORY_TO_LABEL.values())}
             box_rows = []
             for idx, (iid, cats, *coords) in enumerate(findings[["image_id", "finding_categories", "xmin", "ymin",
                                                                   "xmax", "ymax"]].itertuples(index=False)):
