@@ -96,9 +96,11 @@ def acquire(image: np.ndarray, profile: AcquisitionProfile, rng: np.random.Gener
     sigma = profile.blur_mm / spacing_mm
     if sigma >= 0.3:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img = img**profile.gamma
+    # Gamma through a 14-bit lookup table: several times faster than a float power per pixel.
+    lut = (np.linspace(0.0, 1.0, 16384, dtype=np.float64) ** profile.gamma).astype(np.float32)
+    img = lut[np.rint(img * 16383.0).astype(np.int32)]
     noise = rng.standard_normal(img.shape, dtype=np.float32)
-    img = img + noise * (profile.noise * np.sqrt(img + 0.02))
+    img = img + noise * (profile.noise * cv2.sqrt(img + np.float32(0.02)))
     full = profile.max_value
     raw = (profile.offset + profile.gain * img) * full
     return np.clip(np.rint(raw), 0, full).astype(np.uint16)

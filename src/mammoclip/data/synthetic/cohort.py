@@ -136,6 +136,19 @@ def _marker(img: np.ndarray, text: str, mask: np.ndarray, chest_left: bool, valu
     return False
 
 
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    """Write a lesion mask as a 1-bit PNG (reads back as 0/255 uint8; ~6x faster than 8-bit)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_BILEVEL, 1])
+    if not ok:
+        raise DataError(f"PNG encoding failed for {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.tobytes())
+    tmp.replace(path)
+
+
 def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Pixel-edge box (xmin, ymin, xmax, ymax) of a mask; max is exclusive."""
     rows = np.flatnonzero(mask.any(axis=1))
@@ -243,7 +256,7 @@ def make_patient(index: int, cfg: CohortConfig, out: Path) -> dict[str, Any]:
                 if box is None:
                     continue
                 mask_rel = f"masks/{image_id}__{f.finding_id}.png"
-                write_png(out / mask_rel, m.astype(np.uint8) * 255)
+                _write_mask(out / mask_rel, m)
                 boxes.append({"image_id": image_id, "label": f.kind, "xmin": box[0], "ymin": box[1],
                               "xmax": box[2], "ymax": box[3], "space": space, "mask_path": mask_rel,
                               "laterality": side, "view": view, **_finding_attrs(f)})
