@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--check-files", action="store_true", help="also check that every image path exists")
     v.set_defaults(func=_validate)
     b = sub.add_parser("build", help="build manifest.csv/boxes.csv/reports.csv from a dataset source")
-    b.add_argument("source", help="the dataset folder (or CSV for official_csv)")
+    b.add_argument("source", nargs="?", help="the dataset folder (or CSV for official_csv)")
     b.add_argument("--adapter", default=None, help="source format (detected when omitted): see --list")
     b.add_argument("--out", required=False, help="output folder")
     b.add_argument("--list", action="store_true", help="list the adapters and exit")
@@ -63,8 +63,8 @@ def _build(args: argparse.Namespace) -> int:
         for name, text in list_adapters().items():
             print(f"{name:14s} {text}")
         return 0
-    if not args.out:
-        raise ConfigError("manifest build needs --out DIR")
+    if not args.source or not args.out:
+        raise ConfigError("manifest build needs SOURCE and --out DIR (or --list)")
     bundle = build_bundle(Path(args.source), adapter=args.adapter)
     out = Path(args.out)
     images = bundle.images.copy()
