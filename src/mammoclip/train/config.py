@@ -126,8 +126,9 @@ class LoopConfig:
     max_skipped_steps: int = 10
     #: "auto" (CUDA when available), "cpu" or "cuda".
     device: str = "auto"
-    #: DDP option for models with parameters unused in the loss.
-    find_unused_parameters: bool = False
+    #: DDP option for models with parameters unused in the loss (the HF text towers keep an unused
+    #: pooler, as the original's BERT did); False is faster when every parameter gets a gradient.
+    find_unused_parameters: bool = True
     #: Metric that selects the best checkpoint, and whether lower or higher is better.
     best_metric: str = "val/loss"
     best_mode: str = "min"

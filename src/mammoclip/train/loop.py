@@ -107,22 +107,25 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
 
 
 def _rng_state() -> dict[str, Any]:
+    """RNG states as plain lists (picklable by ``all_gather_object`` and loadable with ``weights_only``)."""
     np_state = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in cuda],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python": random.getstate(),
     }
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    random.setstate(state["python"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def load_training_state(checkpoint: str | Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ same call runs in one process or in each torchrun process.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,14 @@ def build_model(cfg: RunConfig) -> nn.Module:
         from mammoclip.models import load_checkpoint
 
         model = load_checkpoint(path)
+        if cfg.data.image_size is not None and tuple(model.preprocess_cfg.image_size) != cfg.data.image_size:
+            raise ConfigError(f"{path} was trained at {tuple(model.preprocess_cfg.image_size)}; set data.image_size "
+                              "to that size (or null)")
     else:
-        model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **cfg.model.overrides)
-    if cfg.data.image_size is not None and tuple(model.preprocess_cfg.image_size) != cfg.data.image_size:
-        # the checkpoint records the size it was trained at (used by evaluation and serving).
-        model.preprocess_cfg = dataclasses.replace(model.preprocess_cfg, image_size=cfg.data.image_size)
+        overrides = dict(cfg.model.overrides)
+        if cfg.data.image_size is not None:
+            overrides["image_size"] = cfg.data.image_size  # recorded in the checkpoint's preprocessing config
+        model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **overrides)
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model

@@ -1,0 +1,254 @@
+"""Training-step benchmark: does the data pipeline starve the model, and what does memory cost?
+
+Measures, for one model / input size / batch:
+
+* ``model_step``: images/s of forward + loss + backward + AdamW step on one prepared batch held in
+  memory (no data loading at all);
+* ``full_step``: images/s of the whole training step fed by the real pipeline: DataLoader with
+  ``--workers`` processes over a synthetic cohort (PNG decode, resize, augmentation, tokenisation,
+  uint -> float normalisation on the device);
+* ``overhead`` = 1 - full/model (target: <= 10 %, the loader never starves the model);
+* peak memory of one step, plain vs gradient checkpointing vs gradient caching (each variant in a
+  fresh subprocess on CPU, where peak RSS is the measure; ``torch.cuda.max_memory_allocated`` on GPU).
+
+Presets::
+
+    python bench/train.py                      # mammoclip-lite, 256x160, batch 8, CPU (the default)
+    python bench/train.py --preset b5-gpu      # mammoclip-b5-paper, 1520x912, bf16, batch 4, CUDA
+
+Writes a table to stdout and ``bench/out/train.json``. Numbers on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+PRESETS = {
+    "lite-cpu": {"model": "mammoclip-lite", "size": [256, 160], "batch": 8, "precision": "fp32", "device": "cpu",
+                 "micro": 2, "patients": 24},
+    "b5-gpu": {"model": "mammoclip-b5-paper", "size": [1520, 912], "batch": 4, "precision": "bf16", "device": "cuda",
+               "micro": 2, "patients": 16},
+}
+
+
+def _setup(args: argparse.Namespace, grad_ckpt: bool = False):
+    from mammoclip.losses import create_loss
+    from mammoclip.models import create_model, get_tokenizer
+    from mammoclip.train.config import LoopConfig, OptimConfig
+    from mammoclip.train.optim import build_optimizer
+    from mammoclip.train.tasks import PretrainTask
+
+    torch.manual_seed(0)
+    model = create_model(args.model, pretrained=False, image_size=tuple(args.size))
+    if grad_ckpt:
+        model.set_grad_checkpointing(True)
+    device = torch.device(args.device)
+    model.to(device).train()
+    task = PretrainTask(model, create_loss("mammoclip"))
+    opt = build_optimizer(model, 1e-5, 1e-4)
+    loop = LoopConfig(batch_size=args.batch, precision=args.precision, workers=args.workers, device=args.device)
+    return task, opt, get_tokenizer(model), device, loop, OptimConfig()
+
+
+def _dataset(args: argparse.Namespace, tokenizer):
+    from mammoclip.data.datasets import ImageTextDataset, PairCollate
+    from mammoclip.data.manifest import load_bundle
+    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.data.transforms import build_augmentation
+
+    cohort = args.cohort
+    if cohort is None:
+        cohort = generate_cohort(Path(tempfile.mkdtemp(prefix="bench-cohort-")), args.patients, seed=0,
+                                 image_size=tuple(args.size), progress=False)
+    bundle = load_bundle(cohort)
+    ds = ImageTextDataset(bundle, tuple(args.size), augment=build_augmentation(args.augment), seed=0)
+    return ds, PairCollate(tokenizer)
+
+
+def _step(task, opt, batch, autocast, micro: int | None):
+    from mammoclip.train.gradcache import gradcache_backward
+
+    opt.zero_grad(set_to_none=True)
+    if micro:
+        gradcache_backward(task.model, batch, micro, task.outputs, task.loss_from_outputs, autocast=autocast)
+    else:
+        with autocast():
+            loss = task(batch)["loss"]
+        loss.backward()
+    opt.step()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    from torch.utils.data import DataLoader
+
+    from mammoclip.train.distributed import ResumableSampler
+    from mammoclip.train.loop import _autocast
+
+    task, opt, tok, device, loop, _ = _setup(args)
+    autocast = _autocast(device, args.precision)
+    ds, collate = _dataset(args, tok)
+    n_items = len(ds)
+    sampler = ResumableSampler(n_items, seed=0)
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            ds.set_epoch(epoch)
+            loader = DataLoader(ds, batch_size=args.batch, sampler=sampler, collate_fn=collate, drop_last=True,
+                                num_workers=args.workers, pin_memory=device.type == "cuda",
+                                prefetch_factor=4 if args.workers else None, persistent_workers=args.workers > 0)
+            yield from loader
+            epoch += 1
+
+    it = batches()
+    fixed = task.prepare(next(it), device)
+    imgs = task.num_items(fixed)
+    for _ in range(args.warmup):
+        _step(task, opt, fixed, autocast, None)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        _step(task, opt, fixed, autocast, None)
+    _sync(device)
+    model_ips = args.steps * imgs / (time.perf_counter() - t0)
+
+    for _ in range(args.warmup):
+        _step(task, opt, task.prepare(next(it), device), autocast, None)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        _step(task, opt, task.prepare(next(it), device), autocast, None)
+    _sync(device)
+    full_ips = args.steps * imgs / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        next(it)
+    loader_ips = args.steps * imgs / (time.perf_counter() - t0)
+    return {"model_step_images_per_s": model_ips, "full_step_images_per_s": full_ips,
+            "loader_only_images_per_s": loader_ips, "overhead": 1 - full_ips / model_ips,
+            "images_per_step": imgs, "cohort_breasts": n_items}
+
+
+def memory_variant(args: argparse.Namespace, variant: str) -> dict:
+    """Peak memory of a few steps of one variant (run in a fresh process on CPU)."""
+    from mammoclip.train.loop import _autocast
+
+    task, opt, tok, device, _, _ = _setup(args, grad_ckpt=variant in ("grad_checkpointing", "both"))
+    autocast = _autocast(device, args.precision)
+    ds, collate = _dataset(args, tok)
+    batch = task.prepare(collate([ds[i] for i in range(args.batch)]), device)
+    micro = args.micro if variant in ("grad_caching", "both") else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    for _ in range(2):
+        _step(task, opt, batch, autocast, micro)
+    _sync(device)
+    secs = (time.perf_counter() - t0) / 2
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        return {"variant": variant, "peak_gpu_mib": peak, "step_s": secs}
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    return {"variant": variant, "peak_rss_mib": peak_rss, "rss_growth_mib": peak_rss - base / 1024, "step_s": secs}
+
+
+def _args_to_cli(args: argparse.Namespace) -> list[str]:
+    out = ["--model", args.model, "--size", str(args.size[0]), str(args.size[1]), "--batch", str(args.batch),
+           "--precision", args.precision, "--device", args.device, "--micro", str(args.micro),
+           "--workers", "0", "--patients", str(args.patients), "--augment", args.augment]
+    if args.cohort:
+        out += ["--cohort", str(args.cohort)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--micro", type=int, default=None, help="micro-batch of the gradient-caching variant")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--patients", type=int, default=None)
+    p.add_argument("--cohort", default=None, help="existing manifest (default: generate a synthetic cohort)")
+    p.add_argument("--augment", default="paper")
+    p.add_argument("--memory-variant", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--out", default=str(Path(__file__).parent / "out" / "train.json"))
+    args = p.parse_args(argv)
+    preset_name = args.preset or ("b5-gpu" if torch.cuda.is_available() else "lite-cpu")
+    preset = PRESETS[preset_name]
+    for key, pkey in (("model", "model"), ("size", "size"), ("batch", "batch"), ("precision", "precision"),
+                      ("device", "device"), ("micro", "micro"), ("patients", "patients")):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[pkey])
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("CUDA is not available; use --preset lite-cpu", file=sys.stderr)
+        return 2
+
+    if args.memory_variant:
+        print(json.dumps(memory_variant(args, args.memory_variant)))
+        return 0
+
+    result = {"preset": preset_name, "model": args.model, "size": args.size, "batch": args.batch,
+              "precision": args.precision, "device": args.device, "workers": args.workers, "steps": args.steps,
+              "torch_threads": torch.get_num_threads(), "machine": platform.node(), "cpus": os.cpu_count(),
+              "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}
+    result.update(throughput(args))
+    memory = []
+    if not args.skip_memory:
+        for variant in ("plain", "grad_checkpointing", "grad_caching", "both"):
+            if args.device == "cuda":
+                memory.append(memory_variant(args, variant))
+                torch.cuda.empty_cache()
+            else:
+                cmd = [sys.executable, __file__, *_args_to_cli(args), "--memory-variant", variant]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    result["memory"] = memory
+
+    print(f"\n{args.model} {args.size[0]}x{args.size[1]} batch {args.batch} {args.precision} on {args.device} "
+          f"(workers {args.workers}; shared machine: noisy)")
+    print(f"{'measure':<28}{'value':>12}")
+    for k in ("model_step_images_per_s", "full_step_images_per_s", "loader_only_images_per_s"):
+        print(f"{k:<28}{result[k]:>12.2f}")
+    print(f"{'data pipeline overhead':<28}{100 * result['overhead']:>11.1f}%")
+    if memory:
+        key = "peak_gpu_mib" if args.device == "cuda" else "peak_rss_mib"
+        print(f"\n{'memory variant':<22}{key:>16}{'step s':>10}")
+        for m in memory:
+            print(f"{m['variant']:<22}{m[key]:>16.0f}{m['step_s']:>10.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
