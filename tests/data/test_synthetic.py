@@ -318,3 +318,46 @@ def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["synth", "--out", str(out), "--patients", "1", "--size", "big"])
     assert issubclass(ConfigError, MammoclipError)
+
+
+# --- latent malignancy, left/right similarity, typos ------------------------------------------------
+
+def test_malignancy_drives_descriptors_without_deciding_them() -> None:
+    from mammoclip.data.synthetic.lesions import finding_birads, sample_findings
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3000):
+        for f in sample_findings(rng, "L", i, 0, {"mass": 1.0, "calcification": 1.0}):
+            rows.append({"kind": f.kind, "malignant": f.malignant, "birads": finding_birads(f),
+                         **{k: str(v) for k, v in f.attrs.items()}})
+    df = pd.DataFrame(rows)
+    masses, calcs = df[df["kind"] == "mass"], df[df["kind"] == "calcification"]
+    ppv = masses.groupby("margin")["malignant"].mean()
+    assert ppv["spiculated"] > 0.75 and ppv["circumscribed"] < 0.15
+    assert 0 < ppv["spiculated"] < 1 and 0 < ppv["circumscribed"]  # no descriptor decides alone
+    ppv = calcs.groupby("morphology")["malignant"].mean()
+    assert ppv["fine linear"] > 0.6 and ppv["punctate"] < 0.15
+    by_birads = df.groupby("birads")["malignant"].mean()
+    assert by_birads[3] < by_birads[4] < by_birads[5]
+
+
+def test_left_and_right_breasts_of_a_patient_are_similar(rich_cohort: Path) -> None:
+    images = load_bundle(rich_cohort).images
+    per_breast = images.groupby(["patient_id", "laterality"])["dense_fraction"].mean().unstack()
+    assert np.corrcoef(per_breast["L"], per_breast["R"])[0, 1] > 0.9
+
+
+def test_typos_never_touch_label_words() -> None:
+    from mammoclip.data.synthetic.reports import _typos
+
+    text = ("In the right breast there is an irregular mass with spiculated margins at 10 o'clock, measuring "
+            "2.4 cm. Benign vascular calcifications are noted in the left breast. There is no architectural "
+            "distortion. Recommend additional evaluation approximately tomorrow.")
+    noisy = _typos(np.random.default_rng(0), text, 1.0)
+    assert noisy != text
+    for word in re.findall(r"[A-Za-z']+|\d+(?:\.\d+)?", text):
+        if word.lower() in {"recommend", "additional", "evaluation", "approximately", "tomorrow", "there",
+                            "measuring", "noted", "margins", "spiculated"} or len(word) < 5:
+            continue
+        assert word in noisy, word
