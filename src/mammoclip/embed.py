@@ -131,7 +131,7 @@ def export_embeddings(
         raw = np.stack([r if r is not None else np.full_like(raw_rows[0], np.nan) for r in raw_rows]) \
             if images and raw_rows and raw_rows[0] is not None else np.zeros((len(emb_rows), 0), np.float32)
         np.savez(out, embedding=np.stack(emb_rows).astype(np.float32), raw=raw.astype(np.float32),
-                 meta=json.dumps(meta), **{c: table[c].astype(str).to_numpy() for c in ID_COLUMNS})
+                 meta=json.dumps(meta), **{c: table[c].astype(str).to_numpy().astype("U") for c in ID_COLUMNS})
     else:
         vec = pd.DataFrame(np.stack(emb_rows), columns=[f"e{i}" for i in range(len(emb_rows[0]))])
         pd.concat([table, vec], axis=1).to_csv(out, index=False)

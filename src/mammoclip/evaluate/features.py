@@ -184,7 +184,7 @@ def cached_features(
                   str(tuple(model.preprocess_cfg.image_size)), ",".join(sorted(kinds))]).encode()
     ).hexdigest()[:24]
     path = Path(cache_dir) / f"features-{key}.npz"
-    ids = bundle.images["image_id"].astype(str).to_numpy()
+    ids = bundle.images["image_id"].astype(str).to_numpy().astype("U")
     if path.exists():
         with np.load(path, allow_pickle=False) as data:
             if np.array_equal(data["image_id"], ids):

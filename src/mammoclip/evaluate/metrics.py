@@ -328,7 +328,12 @@ def evaluate_predictions(
     cols = score_columns(class_names)
     df = predictions[predictions["label"] >= 0].reset_index(drop=True)
     binary = len(class_names) == 2
-    breast = aggregate_by_breast(df, cols, how=aggregate, label_column="label")
+    if binary:
+        # the positive-class probability is aggregated; the negative one is its complement.
+        breast = aggregate_by_breast(df, [cols[1]], how=aggregate, label_column="label")
+        breast.insert(len(breast.columns) - 1, cols[0], 1.0 - breast[cols[1]])
+    else:
+        breast = aggregate_by_breast(df, cols, how=aggregate, label_column="label")
 
     def level(table: pd.DataFrame) -> dict[str, dict[str, float]]:
         scores = table[cols[1]].to_numpy() if binary else table[cols].to_numpy()

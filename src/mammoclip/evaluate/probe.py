@@ -313,8 +313,6 @@ def init_factory(checkpoint: str | Path) -> Callable[[str], Any]:
         base = resolve_model(checkpoint)
         if init == "pretrained":
             return base
-        name = getattr(base, "model_name", None) or getattr(getattr(base, "config", None), "name", None) or str(checkpoint)
-        model = create_model(name, pretrained=init == "imagenet")
-        return model
+        return create_model(base.cfg, pretrained=init == "imagenet")
 
     return factory

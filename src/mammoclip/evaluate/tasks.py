@@ -35,6 +35,9 @@ class TaskSpec:
 
     @property
     def class_names(self) -> list[str]:
+        """Readable class names (binary: ``no_<task>``, ``<task>``), used in column names."""
+        if self.binary:
+            return [f"no_{self.name}", self.name]
         return [str(c) for c in self.classes]
 
 
@@ -93,7 +96,7 @@ def task_labels(images: pd.DataFrame, task: TaskSpec, *, source: str = "manifest
             continue
         key = str(int(v)) if isinstance(v, (int, np.integer, float, np.floating)) else str(v)
         if key not in lookup:
-            raise DataError(f"{source}: row {i}, column {task.column!r}: value {v!r} not in {task.class_names}")
+            raise DataError(f"{source}: row {i}, column {task.column!r}: value {v!r} not in {list(lookup)}")
         out[i] = lookup[key]
     if (out < 0).all():
         raise DataError(f"{source}: column {task.column!r} has no labels; task {task.name!r} needs labelled rows")

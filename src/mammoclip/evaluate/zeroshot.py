@@ -107,7 +107,7 @@ def zero_shot_probs(
 
     was_training = model.training
     model.eval()
-    scale = float(model.logit_scale.exp()) if use_logit_scale else 1.0
+    scale = float(model.scale()) if use_logit_scale else 1.0
     probs = np.zeros((len(bundle.images), weights.shape[0]), np.float64)
     bar = tqdm(total=len(bundle.images), desc="zero-shot", unit="img", disable=not progress)
     try:

@@ -91,28 +91,11 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.clip = clip
         self.preprocess_cfg = clip.preprocess_cfg
-        h, w = clip.preprocess_cfg.image_size
-        was_training = clip.training
-        clip.eval()
-        with torch.no_grad():
-            dim = clip.image_features(torch.zeros(1, 1, h, w, device=next(clip.parameters()).device)).shape[1]
-        clip.train(was_training)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(dim, n_outputs)
-        self._freeze_unused()
-
-    def _freeze_unused(self) -> None:
-        """Freeze parameters that ``image_features`` never touches (the text tower, projections)."""
-        h, w = self.preprocess_cfg.image_size
-        self.clip.zero_grad(set_to_none=True)
-        was_training = self.clip.training
-        self.clip.eval()
-        self.clip.image_features(torch.zeros(2, 1, h, w, device=next(self.clip.parameters()).device)).sum().backward()
-        self.clip.train(was_training)
-        for p in self.clip.parameters():
-            if p.grad is None:
+        self.head = nn.Linear(clip.image_tower.num_features, n_outputs)
+        for name, p in clip.named_parameters():
+            if not name.startswith("image_tower."):
                 p.requires_grad_(False)
-            p.grad = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.clip.image_features(images)  # (B, F)
@@ -143,14 +126,10 @@ class ClassifyTask(Task):
         return {"loss": self.loss(logits, batch["label"].long())}
 
     def export(self, model: nn.Module, folder: Path) -> None:
-        """State dict of the trainable parts (image tower + head) as ``model.pt``."""
-        state = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.") or _trainable(model, k)}
+        """State dict of what fine-tuning changes (image tower incl. BN statistics + head) as ``model.pt``."""
+        state = {k: v for k, v in model.state_dict().items()
+                 if not k.startswith("clip.") or k.startswith("clip.image_tower.")}
         torch.save(state, folder / "model.pt")
-
-
-def _trainable(model: nn.Module, key: str) -> bool:
-    params = dict(model.named_parameters())
-    return key not in params or params[key].requires_grad
 
 
 class LabeledImages(Dataset):
