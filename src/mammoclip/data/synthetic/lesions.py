@@ -433,19 +433,24 @@ def _render_distortion(f: Finding, view: str, center, image_size) -> Patch:
     y0, x0, X, Y, sp = _grid(center, _reach_mm(f), image_size)
     px = 0.5 * (sp[0] + sp[1])
     canvas = np.zeros((Y.shape[0], X.shape[1]), np.float32)
-    n = int(rng.integers(14, 26))
+    n = int(rng.integers(10, 20))
     ends = []
-    for a in rng.uniform(0, 2 * np.pi, n):
-        length = f.size_mm / 2 * rng.uniform(0.55, 1.0)
-        d = np.array([[np.cos(a), np.sin(a)]])
-        pts = _to_px(np.concatenate([d * 1.2, d * length]), center, y0, x0, sp)
-        ends.append(pts[1])
-        cv2.line(canvas, tuple(int(v) for v in pts[0]), tuple(int(v) for v in pts[1]),
-                 float(rng.uniform(0.6, 1.0)), max(1, int(round(0.5 / px))), cv2.LINE_AA)
+    for a in np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(-0.25, 0.25, n):
+        length = f.size_mm / 2 * rng.uniform(0.5, 1.0)
+        d = np.array([np.cos(a), np.sin(a)])
+        p = np.array([-d[1], d[0]])
+        t = np.linspace(0.08, 1.0, 5)[:, None]
+        bend = rng.normal(0, 0.06) * length * np.sin(np.pi * t)  # slightly curved strands
+        pts = _to_px(t * length * d + bend * p, center, y0, x0, sp)
+        ends.append(pts[-1])
+        level = float(rng.uniform(0.6, 1.0))
+        for i in range(len(pts) - 1):  # fading toward the periphery
+            cv2.line(canvas, tuple(int(v) for v in pts[i]), tuple(int(v) for v in pts[i + 1]),
+                     level * (1.0 - 0.15 * i), max(1, int(round(rng.uniform(0.3, 0.6) / px))), cv2.LINE_AA)
     canvas = _blur(canvas, 0.5 / px)
     # Tethered tissue: a faint density pulled toward the centre.
     glow = np.exp(-(X**2 + Y**2) / (2 * (f.size_mm / 5) ** 2)).astype(np.float32)
-    add = float(rng.uniform(0.16, 0.24)) * canvas + 0.06 * glow
+    add = float(rng.uniform(0.18, 0.26)) * canvas + 0.09 * glow
     hull = cv2.convexHull(np.asarray(ends, np.float32)).astype(np.int32)
     mask = np.zeros(canvas.shape, np.uint8)
     cv2.fillConvexPoly(mask, hull, 1)

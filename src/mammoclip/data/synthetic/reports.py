@@ -126,6 +126,8 @@ def _mass(rng: np.random.Generator, f: Finding, side: str) -> str:
         f"There is {_article(shape)} {shape} mass in the {side} breast {loc} with {margin} margins, "
         f"measuring {size}.",
         f"{_article(margin).capitalize()} {margin} {shape} mass measuring {size} is present {loc} of the {side} breast.",
+        f"A {size} mass is identified in the {side} breast {loc}; it is {shape} with {margin} margins.",
+        f"{side.capitalize()} breast mass {loc}: {shape}, {margin} margins, {size}.",
     )
     return _pick(rng, templates)
 
@@ -148,6 +150,7 @@ def _calcification(rng: np.random.Generator, f: Finding, side: str) -> str:
             f"In the {side} breast there are {morph} {word} {dphrase} {loc}, spanning {size}.",
             f"{morph.capitalize()} {word} {dphrase} are seen in the {side} breast {loc}, spanning {size}.",
             f"{side.capitalize()} breast: {morph} {word} {dphrase} {loc} over an area of {size}.",
+            f"There are {morph} {word} {dphrase} in the {side} breast {loc}, measuring {size} in extent.",
         )
     else:
         templates = (
@@ -233,7 +236,10 @@ def _negative(rng: np.random.Generator, side: str | None, absent: list[str]) -> 
         return _pick(rng, ("No suspicious masses, calcifications or architectural distortion bilaterally.",
                            "There is no dominant mass, suspicious calcification or architectural distortion "
                            "in either breast."))
-    return _pick(rng, (f"No suspicious {listed} {where}.", f"There are no suspicious {listed} {where}."))
+    return _pick(rng, (f"No suspicious {listed} {where}.", f"There are no suspicious {listed} {where}.",
+                       f"No evidence of suspicious {listed} {where}.",
+                       f"{where[0].upper()}{where[1:]}, there are no suspicious {listed}.",
+                       f"No {listed} suspicious for malignancy {where}."))
 
 
 def _typos(rng: np.random.Generator, text: str, rate: float) -> str:
