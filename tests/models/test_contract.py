@@ -14,12 +14,14 @@ from mammoclip.models import MammoCLIP, create_model, get_model_config, get_toke
 from tests.models.conftest import SMALL_PAPER_TEXT
 
 SMALL = (96, 64)
+#: The paper towers are 30M-parameter EfficientNets: test their contract at a tiny input.
+PAPER_SMALL = (64, 64)
 CONTRACT_KEYS = {"image_embeddings", "image_view_embeddings", "text_embeddings", "text_embeddings2", "logit_scale"}
 
 
 def _build(name: str) -> MammoCLIP:
     if name.endswith("-paper"):
-        return create_model(name, pretrained=False, image_size=(128, 96), text=SMALL_PAPER_TEXT)
+        return create_model(name, pretrained=False, image_size=PAPER_SMALL, text=SMALL_PAPER_TEXT)
     return create_model(name, pretrained=name != "mammoclip-tiny")
 
 
@@ -45,7 +47,8 @@ def test_registry_lists_the_four_models() -> None:
 @pytest.mark.parametrize("name", list_models())
 def test_model_contract(name: str) -> None:
     model = _build(name).train()
-    batch = _batch(model)
+    size = model.preprocess_cfg.image_size if name.endswith("-paper") else SMALL
+    batch = _batch(model, size=size)
     out = model(batch)
     assert CONTRACT_KEYS <= set(out)
     d = model.embed_dim
@@ -63,7 +66,7 @@ def test_model_contract(name: str) -> None:
     assert model.text_projection.weight.grad.abs().sum() > 0
     fmap = model.image_feature_map(batch["image"])
     assert fmap.shape[:2] == (2, model.image_tower.num_features)
-    assert fmap.shape[2:] == (math.ceil(SMALL[0] / 32), math.ceil(SMALL[1] / 32))
+    assert fmap.shape[2:] == (math.ceil(size[0] / 32), math.ceil(size[1] / 32))
 
 
 def test_tiny_forward_without_second_view_or_caption() -> None:
