@@ -27,14 +27,23 @@ def _children_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished workers."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run(patients: int, size: tuple[int, int], workers: int, fmt: str) -> dict[str, float]:
     """Generate one cohort in a temporary folder and time it."""
     with tempfile.TemporaryDirectory() as tmp:
         tracemalloc.start()
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         generate_cohort(Path(tmp) / "c", patients, seed=0, image_size=size, fmt=fmt, workers=workers,
                         progress=False)
         elapsed = time.perf_counter() - t0
+        cpu = _cpu_seconds() - cpu0
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         disk = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
@@ -43,6 +52,10 @@ def run(patients: int, size: tuple[int, int], workers: int, fmt: str) -> dict[st
         "workers": workers, "patients": patients, "images": images, "seconds": round(elapsed, 2),
         "images_per_s": round(images / elapsed, 2),
         "est_200_patients_s": round(800 / (images / elapsed), 1),
+        # CPU seconds are what a shared machine cannot distort: the 2-core estimate assumes both
+        # cores are free and the work splits evenly over the workers.
+        "cpu_s_per_image": round(cpu / images, 3),
+        "est_200_patients_2_free_cores_s": round(800 * cpu / images / min(2, workers), 1),
         "python_heap_peak_mb": round(traced_peak / 2**20, 1),
         "process_rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "worker_rss_peak_mb": round(_children_peak_mb(), 1),
