@@ -274,7 +274,8 @@ def test_dicom_cohort_mixes_photometric_and_syntax(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kwargs", [
     {"n_patients": 0}, {"n_patients": -3}, {"image_size": (10, 10)}, {"image_size": (256,)},
-    {"fmt": "jpeg"}, {"workers": 0}, {"prevalence": {"tumour": 0.5}}, {"colour": "red"},
+    {"fmt": "jpeg"}, {"workers": 0}, {"prevalence": {"tumour": 0.5}}, {"prevalence": {"mass": 2.0}},
+    {"split_fractions": (0.5, 0.5, 0.5)}, {"colour": "red"},
 ])
 def test_bad_settings_raise_config_error(tmp_path: Path, kwargs: dict) -> None:
     args = {"out_dir": tmp_path / "c", "n_patients": 1, "image_size": (64, 48), **kwargs}

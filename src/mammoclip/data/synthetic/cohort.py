@@ -88,6 +88,11 @@ class CohortConfig:
         unknown = set(self.prevalence) - set(DEFAULT_PREVALENCE)
         if unknown or not all(0.0 <= p <= 1.0 for p in self.prevalence.values()):
             raise ConfigError(f"prevalence must map {sorted(DEFAULT_PREVALENCE)} to probabilities, got {self.prevalence}")
+        # Kinds not named keep their default prevalence (set 0 to switch a kind off).
+        object.__setattr__(self, "prevalence", {**DEFAULT_PREVALENCE, **self.prevalence})
+        fr = tuple(self.split_fractions)
+        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
+            raise ConfigError(f"split_fractions must be three shares (train, val, test) summing to 1, got {fr}")
         if len(self.density_p) != 4 or min(self.density_p) < 0 or abs(sum(self.density_p) - 1) > 1e-6:
             raise ConfigError(f"density_p must be four probabilities summing to 1, got {self.density_p}")
         if not 0.0 <= self.typo_rate <= 0.2:
