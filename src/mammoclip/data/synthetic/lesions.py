@@ -394,7 +394,7 @@ def _render_calcification(f: Finding, view: str, center, image_size) -> Patch:
     morph = str(f.attrs["morphology"])
     size_mm = {"punctate": (0.5, 0.8), "amorphous": (0.4, 0.6), "coarse heterogeneous": (0.7, 1.3),
                "fine pleomorphic": (0.4, 0.9), "fine linear": (0.4, 0.55)}[morph]
-    level = 0.55 if morph == "amorphous" else 1.0
+    level = 0.75 if morph == "amorphous" else 1.0
     ppx = _to_px(pts, center, y0, x0, sp)
     shift = 4  # sub-pixel drawing
     for (cx, cy) in ppx:
@@ -402,12 +402,18 @@ def _render_calcification(f: Finding, view: str, center, image_size) -> Patch:
         r = max(0.8, dmm / 2 / px)
         val = level * rng.uniform(0.75, 1.0)
         c = (int(cx * 2**shift), int(cy * 2**shift))
-        if morph == "fine linear":
-            a = rng.uniform(0, np.pi)
-            ln = rng.uniform(1.0, 2.8) / px / 2
-            e = (int((cx + ln * np.cos(a)) * 2**shift), int((cy + ln * np.sin(a)) * 2**shift))
-            s = (int((cx - ln * np.cos(a)) * 2**shift), int((cy - ln * np.sin(a)) * 2**shift))
-            cv2.line(canvas, s, e, val, max(1, int(round(r))), cv2.LINE_AA, shift)
+        if morph == "fine linear":  # thin, irregular, sometimes branching casts of a duct
+            a = rng.uniform(-0.5, 0.5)  # along the ducts
+            seg = rng.uniform(0.6, 1.4, int(rng.integers(2, 4))) / px
+            angles = a + np.cumsum(rng.normal(0, 0.35, seg.size))
+            pts = np.concatenate([[[cx, cy]], np.array([cx, cy]) + np.cumsum(
+                np.stack([seg * np.cos(angles), seg * np.sin(angles)], 1), axis=0)])
+            if rng.random() < 0.4:  # a short branch from the middle
+                b = pts[1] + seg[0] * 0.8 * np.array([np.cos(a + 0.8), np.sin(a + 0.8)])
+                cv2.line(canvas, tuple(int(v * 2**shift) for v in pts[1]), tuple(int(v * 2**shift) for v in b),
+                         val, 1, cv2.LINE_AA, shift)
+            cv2.polylines(canvas, [(pts * 2**shift).astype(np.int32)], False, val,
+                          max(1, int(round(r * 0.8))), cv2.LINE_AA, shift)
         elif morph in ("coarse heterogeneous", "fine pleomorphic"):
             k = int(rng.integers(5, 9))
             ang = np.sort(rng.uniform(0, 2 * np.pi, k))
@@ -416,7 +422,9 @@ def _render_calcification(f: Finding, view: str, center, image_size) -> Patch:
             cv2.fillPoly(canvas, [poly.astype(np.int32)], val, cv2.LINE_AA, shift)
         else:
             cv2.circle(canvas, c, int(r * 2**shift), val, -1, cv2.LINE_AA, shift)
-    canvas = np.clip(_blur(canvas, 0.45), 0, 1)
+    # Amorphous calcifications are hazy: blur them more (but keep their summed brightness visible).
+    canvas = _blur(canvas, 0.45) if morph != "amorphous" else 1.8 * _blur(canvas, max(0.45, 0.18 / px))
+    canvas = np.clip(canvas, 0, 1)
     contrast = float(rng.uniform(0.42, 0.6))
     hull = cv2.convexHull(ppx.astype(np.float32)).astype(np.int32)
     mask = np.zeros(canvas.shape, np.uint8)
