@@ -343,7 +343,7 @@ def _render_mass(f: Finding, view: str, center, image_size) -> Patch:
     if margin == "obscured":  # part of the border hidden by overlying tissue: fade one side
         fade = 0.55 + 0.45 * np.clip(np.cos(phi - rng.uniform(0, 2 * np.pi)) + 0.3, 0, 1)
         body = body * fade.astype(np.float32)
-    contrast = float(rng.uniform(0.22, 0.32))
+    contrast = float(rng.uniform(0.25, 0.35))
     add = contrast * body
     if margin == "spiculated":
         lines = np.zeros_like(body)
@@ -425,7 +425,7 @@ def _render_calcification(f: Finding, view: str, center, image_size) -> Patch:
     # Amorphous calcifications are hazy: blur them more (but keep their summed brightness visible).
     canvas = _blur(canvas, 0.45) if morph != "amorphous" else 1.8 * _blur(canvas, max(0.45, 0.18 / px))
     canvas = np.clip(canvas, 0, 1)
-    contrast = float(rng.uniform(0.42, 0.6))
+    contrast = float(rng.uniform(0.5, 0.7))
     hull = cv2.convexHull(ppx.astype(np.float32)).astype(np.int32)
     mask = np.zeros(canvas.shape, np.uint8)
     cv2.fillConvexPoly(mask, hull, 1)
