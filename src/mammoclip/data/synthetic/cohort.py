@@ -78,8 +78,8 @@ class CohortConfig:
             raise ConfigError(f"n_patients must be a positive integer, got {self.n_patients!r}")
         size = tuple(self.image_size)
         if (len(size) != 2 or not all(isinstance(s, (int, np.integer)) for s in size)
-                or not (64 <= size[0] <= 8192 and 48 <= size[1] <= 8192)):
-            raise ConfigError(f"image_size must be (H, W) with 64 <= H <= 8192 and 48 <= W <= 8192, got {self.image_size!r}")
+                or not (32 <= size[0] <= 8192 and 24 <= size[1] <= 8192)):
+            raise ConfigError(f"image_size must be (H, W) with 32 <= H <= 8192 and 24 <= W <= 8192, got {self.image_size!r}")
         object.__setattr__(self, "image_size", (int(size[0]), int(size[1])))
         if self.fmt not in ("png", "dicom"):
             raise ConfigError(f"fmt must be 'png' or 'dicom', got {self.fmt!r}")
@@ -223,7 +223,11 @@ def make_patient(index: int, cfg: CohortConfig, out: Path) -> dict[str, Any]:
                 img[patch.y0:patch.y0 + ph, patch.x0:patch.x0 + pw] += patch.add
                 m = np.zeros(size, bool)
                 m[patch.y0:patch.y0 + ph, patch.x0:patch.x0 + pw] = patch.mask
-                masks.append((f, m & geom.mask))
+                m &= geom.mask
+                if not m.any():  # tiny images: keep at least the centre pixel so every finding has a box
+                    cx, cy = f.centers[view]
+                    m[min(size[0] - 1, max(0, round(cy))), min(size[1] - 1, max(0, round(cx)))] = True
+                masks.append((f, m))
             img = np.where(geom.mask, img, 0.0)
             raw = acquire(img, profile, rng, 0.5 * (spacing[0] + spacing[1]))
             breast = geom.mask
