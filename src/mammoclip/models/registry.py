@@ -14,7 +14,10 @@ from typing import Any
 from mammoclip.errors import ConfigError
 from mammoclip.models.clip import MammoCLIP
 from mammoclip.models.config import MammoClipCfg
-from mammoclip.models.text import Tokenizer, load_tokenizer
+from mammoclip.models.text import get_tokenizer
+
+__all__ = ["create_model", "get_model_config", "get_tokenizer", "list_models", "register_model_config",
+           "resolve_config"]
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _MODEL_CONFIGS: dict[str, dict[str, Any]] = {}
@@ -120,24 +123,6 @@ def create_model(name_or_cfg: str | dict[str, Any] | MammoClipCfg, pretrained: b
         load_weights_into(model, pretrained)
         return model
     return MammoCLIP(cfg, pretrained=bool(pretrained))
-
-
-def get_tokenizer(model_or_name: MammoCLIP | str | MammoClipCfg) -> Tokenizer:
-    """The tokenizer that belongs to a model (or to a registered config).
-
-    ``tok(list[str]) -> {"input_ids", "attention_mask"}``, padded to the longest text, truncated at the
-    config's ``max_length`` (256).
-    """
-    base_dir = None
-    if isinstance(model_or_name, MammoCLIP):
-        cfg, base_dir = model_or_name.cfg, model_or_name.source_dir
-    elif isinstance(model_or_name, MammoClipCfg):
-        cfg = model_or_name
-    else:
-        cfg = resolve_config(model_or_name)
-    if cfg.text.tokenizer is None:
-        raise ConfigError(f"model {cfg.name!r} names no tokenizer (text.tokenizer)")
-    return load_tokenizer(cfg.text.tokenizer, max_length=cfg.text.max_length, base_dir=base_dir)
 
 
 _rescan_model_configs()

@@ -203,3 +203,27 @@ def load_tokenizer(spec: str, max_length: int, base_dir: Path | None = None) -> 
     except (OSError, ValueError) as err:
         raise _hub_error(src.ref, "tokenizer", err) from err
     return Tokenizer(hf, max_length=max_length, source=spec)
+
+
+def get_tokenizer(model_or_name: Any) -> Tokenizer:
+    """The tokenizer that belongs to a model, a model config or a registered model name.
+
+    ``tok(list[str]) -> {"input_ids", "attention_mask"}``, padded to the longest text, truncated at the
+    config's ``max_length`` (256). A model loaded from a checkpoint uses the vocabulary saved in it.
+
+    Args:
+        model_or_name: A :class:`~mammoclip.models.MammoCLIP`, a :class:`~mammoclip.models.MammoClipCfg`
+            or a registry name.
+    """
+    base_dir = None
+    if isinstance(model_or_name, nn.Module):
+        cfg, base_dir = model_or_name.cfg, getattr(model_or_name, "source_dir", None)
+    elif isinstance(model_or_name, str):
+        from mammoclip.models.registry import resolve_config  # the registry imports this module
+
+        cfg = resolve_config(model_or_name)
+    else:
+        cfg = model_or_name
+    if cfg.text.tokenizer is None:
+        raise ConfigError(f"model {cfg.name!r} names no tokenizer (text.tokenizer)")
+    return load_tokenizer(cfg.text.tokenizer, max_length=cfg.text.max_length, base_dir=base_dir)
