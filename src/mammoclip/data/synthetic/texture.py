@@ -59,8 +59,13 @@ def _upsampled_noise(image_size: tuple[int, int], factor: int, beta: float, rng:
     return cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def strands(geom: ViewGeometry, rng: np.random.Generator, n: int, image_size: tuple[int, int]) -> np.ndarray:
-    """Ducts and Cooper's-ligament-like strands converging on the nipple, as a (H, W) map in [0, 1]."""
+def strands(geom: ViewGeometry, rng: np.random.Generator, n: int, image_size: tuple[int, int],
+            width: int = 1, wave: float = 0.0) -> np.ndarray:
+    """Curvilinear structures converging on the nipple, as a (H, W) map in [0, 1].
+
+    Thin (``width=1``) they are ducts and Cooper's-ligament-like strands; wider and wavy
+    (``width=2, wave>0``) they are the few blood vessels that cross the breast.
+    """
     import cv2
 
     h, w = image_size
@@ -76,8 +81,9 @@ def strands(geom: ViewGeometry, rng: np.random.Generator, n: int, image_size: tu
         bend = rng.normal(0, 0.08) * geom.depth
         xs = xn + (x_end - xn) * t
         ys = yn + (y_end - yn) * t + bend * np.sin(np.pi * t) + rng.normal(0, 0.004 * h, t.size).cumsum()
+        ys = ys + wave * h * np.sin(2 * np.pi * rng.uniform(1.5, 3.0) * t + rng.uniform(0, 2 * np.pi))
         pts = np.stack([xs / scale, ys / scale], axis=1).astype(np.int32)
-        cv2.polylines(canvas, [pts], False, float(rng.uniform(0.4, 1.0)), 1, cv2.LINE_AA)
+        cv2.polylines(canvas, [pts], False, float(rng.uniform(0.4, 1.0)), width, cv2.LINE_AA)
     canvas = cv2.GaussianBlur(canvas, (0, 0), 0.8)
     return cv2.resize(canvas, (w, h), interpolation=cv2.INTER_LINEAR)
 
@@ -130,6 +136,7 @@ def render_breast(geom: ViewGeometry, rng: np.random.Generator, dense_fraction: 
     fibres = _upsampled_noise(image_size, 2, 2.6, rng, anisotropy=0.35)
     tissue = fat + (gland - fat) * dense * (1.0 + 0.22 * fine + 0.12 * fibres) + 0.02 * fine
     tissue = tissue + 0.07 * strands(geom, rng, int(rng.integers(25, 45)), image_size)
+    tissue = tissue + 0.05 * strands(geom, rng, int(rng.integers(2, 5)), image_size, width=2, wave=0.012)
     # Compressed-breast thickness falls off within ~12 mm of the skin: the periphery is darker.
     r0 = 12.0 / mm
     t = np.clip(geom.dist / r0, 0, 1)
