@@ -117,6 +117,11 @@ def test_hooks() -> None:
     model = create_model("mammoclip-tiny")
     nwd = model.no_weight_decay()
     assert "logit_scale" in nwd and "image_projection.bias" in nwd and "image_projection.weight" not in nwd
+    # Every trainable parameter gets a gradient (DistributedDataParallel needs no find_unused_parameters).
+    model(_batch(model))["text_embeddings"].sum().backward()
+    unused = [n for n, p in model.text_tower.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused
+    model.zero_grad(set_to_none=True)
     model.set_grad_checkpointing(True)
     out = model(_batch(model))
     out["image_embeddings"].sum().backward()

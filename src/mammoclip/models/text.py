@@ -113,6 +113,11 @@ class TextTower(nn.Module):
             config = AutoConfig.for_model(model_type, **hf)
             self.encoder = AutoModel.from_config(config, add_pooling_layer=True)
         self.pooler = _POOLERS[cfg.pooling]
+        # BERT's own pooler is kept so official state dicts load strictly, but it is never used:
+        # freeze it so DistributedDataParallel does not wait for its gradients.
+        if getattr(self.encoder, "pooler", None) is not None:
+            for p in self.encoder.pooler.parameters():
+                p.requires_grad_(False)
         self.num_features: int = int(self.encoder.config.hidden_size)
         if cfg.freeze_layers:
             self.freeze_lower_layers(cfg.freeze_layers)
