@@ -77,12 +77,17 @@ def test_features_are_eval_mode(eval_cohort: Path) -> None:
     assert not np.allclose(train_mode, a["pooled"], atol=1e-4), "train mode (dropout, batch stats) differs"
 
 
-def test_probe_cli_with_random_baseline(eval_cohort: Path, tmp_path: Path) -> None:
+def test_probe_cli_with_random_baseline(tiny_model, eval_cohort: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """From a checkpoint directory: `pretrained` is its weights, `random` the same architecture re-initialised."""
+    from mammoclip.models import save_checkpoint
+
+    ckpt = save_checkpoint(tiny_model, tmp_path / "ckpt")
     out = tmp_path / "lp"
-    rc = main(["probe", "--checkpoint", "mammoclip-tiny", "--manifest", str(eval_cohort), "--task", "mass",
+    rc = main(["probe", "--checkpoint", str(ckpt), "--manifest", str(eval_cohort), "--task", "mass",
                "--fractions", "0.5,1.0", "--seeds", "0", "--init", "pretrained,random", "--workers", "0",
                "--n-boot", "10", "--out", str(out)])
     assert rc == 0
     table = pd.read_csv(out / "data_efficiency.csv")
     assert set(table["init"]) == {"pretrained", "random"}
+    assert len(list((out / "cache").glob("features-*.npz"))) == 2, "one feature set per init"
     assert (out / "index.html").read_text().count("data:image/png") >= 2
