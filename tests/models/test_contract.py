@@ -141,3 +141,11 @@ def test_unknown_names_are_config_errors() -> None:
         create_model("mammoclip-tiny", colour="red")
     assert get_model_config("mammoclip-b5-paper")["image"]["dropout"] == 0.4
     assert get_model_config("mammoclip-b2-paper")["image"]["dropout"] == 0.3
+
+
+def test_intermediate_feature_maps_for_fpn() -> None:
+    model = create_model("mammoclip-tiny").eval()
+    x = torch.randn(1, 1, *SMALL)
+    maps = model.image_intermediates(x, indices=3)
+    assert len(maps) == 3 and all(m.ndim == 4 for m in maps)
+    assert [m.shape[-1] for m in maps] == sorted((m.shape[-1] for m in maps), reverse=True)  # coarser with depth
