@@ -155,12 +155,18 @@ def test_labels_follow_findings_and_report(rich_cohort: Path) -> None:
 
 
 def test_findings_inside_breast_in_both_views_and_brighter_than_surroundings(rich_cohort: Path) -> None:
+    """Boxes match masks, masks lie in the breast, and findings are brighter than a ring around them.
+
+    Masses and calcification clusters must be brighter than their ring every time. The other kinds
+    are subtler by nature (and may overlap another finding or dense tissue in a 256x160 image), so
+    for them at least 90% must be brighter and the kind must be clearly brighter on average.
+    """
     bundle = load_bundle(rich_cohort)
     paths = bundle.images.set_index("image_id")["path"]
     ring_kernel = np.ones((7, 7), np.uint8)
-    skin_contrast = []
     views_per_finding = bundle.boxes.groupby("finding_id")["view"].agg(set)
     assert (views_per_finding == {"CC", "MLO"}).all()
+    contrast: dict[str, list[float]] = {}
     for _, box in bundle.boxes.iterrows():
         img = read_image(bundle.abspath(paths[box["image_id"]])).astype(np.float64)
         mask = read_image(bundle.abspath(box["mask_path"])) > 0
@@ -170,14 +176,12 @@ def test_findings_inside_breast_in_both_views_and_brighter_than_surroundings(ric
         assert (mask & breast).sum() >= 0.97 * mask.sum(), f"{box['finding_id']} leaves the breast"
         ring = (cv2.dilate(mask.astype(np.uint8), ring_kernel) > 0) & ~mask & breast
         d_mean = img[mask].mean() - img[ring].mean()
-        d_p95 = np.percentile(img[mask], 95) - np.percentile(img[ring], 95)
-        if box["label"] in ("mass", "asymmetry", "distortion"):
+        if box["label"] in ("mass", "calcification"):
             assert d_mean > 0, f"{box['finding_id']} ({box['label']}) not brighter than its surroundings"
-        elif box["label"] in ("calcification", "benign_calcification"):
-            assert d_p95 > 2, f"{box['finding_id']} calcifications not brighter than their surroundings"
-        else:
-            skin_contrast.append(d_mean)
-    assert np.mean(skin_contrast) > 0
+        contrast.setdefault(box["label"], []).append(d_mean)
+    for label, values in contrast.items():
+        values_arr = np.asarray(values)
+        assert (values_arr > 0).mean() >= 0.9 and values_arr.mean() > 5, (label, values_arr.round(1))
 
 
 def test_consistent_position_between_views(rich_cohort: Path) -> None:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: Rendered intensity above which values are compressed smoothly toward 1 (see :func:`acquire`).
+KNEE = 0.75
+
 
 @dataclass(frozen=True)
 class Vendor:
@@ -92,7 +95,11 @@ def acquire(image: np.ndarray, profile: AcquisitionProfile, rng: np.random.Gener
     """
     import cv2
 
-    img = np.clip(image, 0.0, 1.0)
+    # Soft knee instead of a hard clip: dense tissue plus a lesion can exceed 1, and a hard clip
+    # would flatten a calcification on dense tissue to the same value as its surroundings.
+    img = np.maximum(image, 0.0).astype(np.float32)
+    over = img > KNEE
+    img[over] = KNEE + (1.0 - KNEE) * np.tanh((img[over] - KNEE) / (1.0 - KNEE))
     sigma = profile.blur_mm / spacing_mm
     if sigma >= 0.3:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
