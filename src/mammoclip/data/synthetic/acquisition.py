@@ -105,7 +105,7 @@ def acquire(image: np.ndarray, profile: AcquisitionProfile, rng: np.random.Gener
         img = cv2.GaussianBlur(img, (0, 0), sigma)
     # Gamma through a 14-bit lookup table: several times faster than a float power per pixel.
     lut = (np.linspace(0.0, 1.0, 16384, dtype=np.float64) ** profile.gamma).astype(np.float32)
-    img = lut[np.rint(img * 16383.0).astype(np.int32)]
+    img = lut[np.rint(np.clip(img, 0.0, 1.0) * 16383.0).astype(np.int32)]
     noise = rng.standard_normal(img.shape, dtype=np.float32)
     img = img + noise * (profile.noise * cv2.sqrt(img + np.float32(0.02)))
     full = profile.max_value
