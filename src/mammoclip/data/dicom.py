@@ -168,6 +168,60 @@ def _stored_range(ds: Any) -> tuple[float, float]:
     return 0.0, float(2**bits - 1)
 
 
+def _decode(path: Path, modalities: tuple[str, ...] | None) -> tuple[Any, np.ndarray]:
+    """Read, check and decode one file: the dataset and its stored values (any integer dtype)."""
+    path = Path(path)
+    ds = _read_dataset(path, stop_before_pixels=False)
+    _check_modality(path, ds, modalities)
+    if "PixelData" not in ds:
+        raise DataError(f"{path}: DICOM has no pixel data")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise DataError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DataError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not a mammogram")
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        stored = ds.pixel_array
+    except NotImplementedError as err:
+        name = getattr(tsyntax, "name", str(tsyntax))
+        raise DataError(f"{path}: no decoder for transfer syntax {name!r}; install the pylibjpeg "
+                        f"plugins or python-gdcm ({err})") from err
+    except RuntimeError as err:
+        name = getattr(tsyntax, "name", str(tsyntax))
+        raise DataError(f"{path}: cannot decode pixel data ({name}): {err}") from err
+    except (ValueError, EOFError, OSError, KeyError, AttributeError, TypeError) as err:
+        raise DataError(f"{path}: cannot decode pixel data, the file may be truncated ({err})") from err
+    if stored.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D grayscale image, got shape {stored.shape}")
+    return ds, stored
+
+
+def _values(ds: Any, stored: np.ndarray, *, voi: bool, invert: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """Stored values -> float32 pixel values (modality LUT, VOI, inversion) and their range.
+
+    Every step is elementwise, so applying this to all possible codes gives a LUT that reproduces
+    it exactly (:func:`decode_dicom`).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    lo, hi = _stored_range(ds)
+    # Push the extremes of the stored range through the same LUTs: the result is the range the
+    # output can take (monotonic LUTs), needed for inversion and for scaling.
+    probe = np.array([lo, hi], dtype=np.float64)
+    values = apply_modality_lut(stored, ds)
+    probe = np.asarray(apply_modality_lut(probe, ds), dtype=np.float64)
+    if voi and ("VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)):
+        # A LUT sequence indexes by integer input values; a window is a formula on floats.
+        as_type = np.int64 if "VOILUTSequence" in ds else np.float64
+        values = apply_voi_lut(np.rint(values).astype(as_type), ds, prefer_lut=True)
+        probe = np.asarray(apply_voi_lut(np.rint(probe).astype(as_type), ds, prefer_lut=True), dtype=np.float64)
+    image = np.asarray(values, dtype=np.float32)
+    vlo, vhi = float(probe.min()), float(probe.max())
+    if invert and str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        image = np.float32(vlo + vhi) - image
+    return image, (vlo, vhi)
+
+
 def read_dicom(
     path: str | Path,
     *,
@@ -192,45 +246,51 @@ def read_dicom(
         DataError: naming the file and the problem (not DICOM, truncated, no pixel data, wrong
             modality, no decoder for the transfer syntax, multi-frame or colour image).
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     path = Path(path)
-    ds = _read_dataset(path, stop_before_pixels=False)
-    _check_modality(path, ds, modalities)
-    if "PixelData" not in ds:
-        raise DataError(f"{path}: DICOM has no pixel data")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DataError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise DataError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not a mammogram")
-    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        stored = ds.pixel_array
-    except NotImplementedError as err:
-        name = getattr(tsyntax, "name", str(tsyntax))
-        raise DataError(f"{path}: no decoder for transfer syntax {name!r}; install the pylibjpeg "
-                        f"plugins or python-gdcm ({err})") from err
-    except RuntimeError as err:
-        name = getattr(tsyntax, "name", str(tsyntax))
-        raise DataError(f"{path}: cannot decode pixel data ({name}): {err}") from err
-    except (ValueError, EOFError, OSError, KeyError, AttributeError, TypeError) as err:
-        raise DataError(f"{path}: cannot decode pixel data, the file may be truncated ({err})") from err
-    if stored.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D grayscale image, got shape {stored.shape}")
+    ds, stored = _decode(path, modalities)
+    image, value_range = _values(ds, stored, voi=voi, invert=invert)
+    return image, _meta(path, ds, value_range)
 
-    lo, hi = _stored_range(ds)
-    # Push the extremes of the stored range through the same LUTs: the result is the range the
-    # output can take (monotonic LUTs), needed for inversion and for scaling.
-    probe = np.array([lo, hi], dtype=np.float64)
-    values = apply_modality_lut(stored, ds)
-    probe = np.asarray(apply_modality_lut(probe, ds), dtype=np.float64)
-    if voi and ("VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)):
-        # A LUT sequence indexes by integer input values; a window is a formula on floats.
-        as_type = np.int64 if "VOILUTSequence" in ds else np.float64
-        values = apply_voi_lut(np.rint(values).astype(as_type), ds, prefer_lut=True)
-        probe = np.asarray(apply_voi_lut(np.rint(probe).astype(as_type), ds, prefer_lut=True), dtype=np.float64)
-    image = np.asarray(values, dtype=np.float32)
-    vlo, vhi = float(probe.min()), float(probe.max())
-    if invert and str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-        image = np.float32(vlo + vhi) - image
-    return image, _meta(path, ds, (vlo, vhi))
+
+#: Stored dtypes :func:`decode_dicom` keeps as codes: every possible value fits a small LUT.
+_CODE_DTYPES: dict[np.dtype[Any], np.dtype[Any]] = {
+    np.dtype(np.uint8): np.dtype(np.uint8), np.dtype(np.int8): np.dtype(np.uint8),
+    np.dtype(np.uint16): np.dtype(np.uint16), np.dtype(np.int16): np.dtype(np.uint16),
+}
+
+
+def decode_dicom(
+    path: str | Path,
+    *,
+    voi: bool = False,
+    invert: bool = True,
+    modalities: tuple[str, ...] | None = ACCEPTED_MODALITIES,
+) -> tuple[np.ndarray, np.ndarray | None, DicomMeta]:
+    """Like :func:`read_dicom`, but without converting the full frame to float.
+
+    A mammogram is 8-17 MP; turning every stored value into float32 (and through rescale, VOI and
+    inversion) costs about as much as decoding an uncompressed file, while the pipeline only needs
+    values for a subsampled copy and the breast crop. So the stored values come back as integer
+    *codes* plus a LUT over all 2**8 or 2**16 codes, built by running the exact per-pixel pipeline
+    of :func:`read_dicom` on every code: ``lut[codes]`` equals ``read_dicom(...)[0]`` bit for bit.
+
+    Returns:
+        ``(codes, lut, meta)``. ``lut`` is None when the values are the codes themselves (no
+        rescale, VOI or inversion: the common raw mammogram), so ``codes`` can be used directly.
+        Stored types other than 8/16-bit integers come back as float32 values with ``lut=None``.
+
+    Raises:
+        DataError: as :func:`read_dicom`.
+    """
+    path = Path(path)
+    ds, stored = _decode(path, modalities)
+    code_type = _CODE_DTYPES.get(stored.dtype)
+    if code_type is None:
+        image, value_range = _values(ds, stored, voi=voi, invert=invert)
+        return image, None, _meta(path, ds, value_range)
+    all_codes = np.arange(2 ** (8 * code_type.itemsize), dtype=code_type).view(stored.dtype)
+    lut, value_range = _values(ds, all_codes, voi=voi, invert=invert)
+    codes = stored.view(code_type)  # signed values index the LUT through their bit pattern
+    if stored.dtype == code_type and np.array_equal(lut, all_codes.astype(np.float32)):
+        return codes, None, _meta(path, ds, value_range)
+    return codes, np.ascontiguousarray(lut, dtype=np.float32), _meta(path, ds, value_range)

@@ -4,8 +4,10 @@ Design choices, each for a reason the original lacked (official-spec §1, §10):
 
 * Each worker decodes a DICOM **once** and maps all of that image's boxes and masks (the original
   re-decoded once per finding).
-* Work is spread over a ``ProcessPoolExecutor``; workers return only small dicts (record, boxes),
-  never arrays, so memory per worker is one image.
+* Work is spread over a ``ProcessPoolExecutor``; workers read and write the files themselves and
+  return only small dicts (record, mask paths, timings, peak RSS), never arrays, so memory per
+  worker is one image. Each worker runs single-threaded (:func:`_init_worker`), so K workers use
+  K cores without oversubscribing them.
 * Resumable: every PNG gets a JSON sidecar (``<png>.json``) with the source's size and mtime, the
   options and the record; a later run with the same options skips it without decoding.
 * Shardable: ``shard=(i, N)`` processes every N-th image and writes ``manifest.part-i.csv``,
@@ -36,7 +38,7 @@ from mammoclip.data.breast import (
     TransformRecord,
     paper_preprocess,
 )
-from mammoclip.data.dicom import read_dicom
+from mammoclip.data.dicom import decode_dicom, read_dicom
 from mammoclip.data.imageio import read_image, write_png
 from mammoclip.data.manifest import (
     BOX_COLUMNS,
@@ -122,11 +124,36 @@ def process_image(path: str | Path, options: PreprocessOptions) -> tuple[np.ndar
             raise DataError(f"{path}: image {values.shape} too small for the paper's border crop")
         return paper_preprocess(values, meta.inverted, options.size, border=PAPER_BORDER_CROP)
     use_voi = options.window == "voi"
-    image, meta = read_dicom(path, voi=use_voi, invert=True)
+    # Codes + LUT: only the segmentation subsample and the crop are ever converted to float.
+    codes, lut, meta = decode_dicom(path, voi=use_voi, invert=True)
     transform = BreastPreprocess(options.size, resize=options.resize, flip_to=options.flip_to,
                                  window="minmax" if use_voi else options.window, bits=options.bits)
     window_range = meta.value_range if use_voi and meta.has_voi else None
-    return transform(image, window_range=window_range)
+    return transform(codes, window_range=window_range, lut=lut)
+
+
+def _init_worker() -> None:
+    """Pool initializer: one compute thread per worker process.
+
+    OpenCV (and any OpenMP/BLAS pool a plugin brings) starts one thread per core in every process;
+    with K workers on K cores that oversubscribes the machine and costs throughput. The environment
+    variables cover libraries first loaded in the worker; OpenCV is already loaded, so it is told
+    directly.
+    """
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _peak_rss_kb() -> int | None:
+    """Peak resident memory of this process in KiB (None where ``resource`` is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _source_stamp(path: Path) -> dict[str, Any]:
@@ -163,7 +190,7 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
         sidecar.write_text(json.dumps({"source": stamp, "options": task["options"],
                                        "record": record.to_dict(), "masks": masks}))
         return {"image_id": task["image_id"], "record": record.to_dict(), "skipped": False,
-                "masks": masks, "timings": timings}
+                "masks": masks, "timings": timings, "pid": os.getpid(), "peak_rss_kb": _peak_rss_kb()}
     except (DataError, OSError, ValueError) as err:
         reason = str(err) if isinstance(err, DataError) else f"{src}: {type(err).__name__}: {err}"
         return {"image_id": task["image_id"], "error": reason, "file": str(src)}
@@ -288,7 +315,7 @@ def preprocess(
         stream: Iterator[dict[str, Any]] = map(_job, tasks)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
         stream = pool.map(_job, tasks, chunksize=1)
     try:
         for res in stream:
