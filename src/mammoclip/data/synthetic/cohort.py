@@ -43,7 +43,7 @@ from mammoclip.data.synthetic.lesions import (
     sample_findings,
 )
 from mammoclip.data.synthetic.reports import write_report
-from mammoclip.data.synthetic.texture import DENSE_FRACTION, power_law_noise
+from mammoclip.data.synthetic.texture import DENSE_FRACTION, power_law_noise, render_breast
 from mammoclip.errors import ConfigError, DataError
 
 #: Bumped whenever the same settings would produce different output.
@@ -215,7 +215,8 @@ def make_patient(index: int, cfg: CohortConfig, out: Path) -> dict[str, Any]:
         birads[side] = breast_birads(placed)
         kinds = {f.kind for f in placed}
         for view, geom in geoms.items():
-            img, dense = render_view(geom, rng, target + float(rng.normal(0, 0.01)), size, shared)
+            fraction = float(np.clip(target + rng.normal(0, 0.01), 0.01, 0.95))
+            img, dense = render_breast(geom, rng, fraction, size, shared)
             masks: list[tuple[Finding, np.ndarray]] = []
             for f in placed:
                 patch = render(f, view, geom, size)
@@ -275,14 +276,6 @@ def make_patient(index: int, cfg: CohortConfig, out: Path) -> dict[str, Any]:
            "history": report.history, "text": report.text, "comparison": report.comparison,
            "composition": report.composition, "patient_id": pid, "study_id": sid}
     return {"rows": rows, "boxes": boxes, "report": rep}
-
-
-def render_view(geom, rng, dense_fraction, size, shared):
-    """Render the tissue of one view (thin wrapper kept separate for profiling)."""
-    from mammoclip.data.synthetic.texture import render_breast
-
-    img, dense = render_breast(geom, rng, float(np.clip(dense_fraction, 0.01, 0.95)), size, shared)
-    return img, dense
 
 
 def _prepare_folder(out: Path, cfg: CohortConfig, overwrite: bool) -> bool:
