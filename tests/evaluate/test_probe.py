@@ -30,7 +30,7 @@ def test_probe_is_frozen_and_writes_data_efficiency(tiny_model, eval_cohort: Pat
     before = _snapshot(model)
     bn = [k for k in before if k.endswith("running_mean")]
     assert bn, "the tiny image tower has BatchNorm layers"
-    res = run_probe(lambda init: model, bundle, "mass", fractions=(0.5, 1.0), seeds=(0, 1), inits=("pretrained",),
+    run_probe(lambda init: model, bundle, "mass", fractions=(0.5, 1.0), seeds=(0, 1), inits=("pretrained",),
                     out_dir=tmp_path, n_boot=20)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "weights or BN statistics changed"

@@ -193,6 +193,6 @@ def cached_features(
                              progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, image_id=ids, **feats)
+    np.savez(tmp, **{"image_id": ids, **feats})
     tmp.replace(path)
     return feats

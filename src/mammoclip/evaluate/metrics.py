@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -310,7 +311,7 @@ def evaluate_predictions(
     aggregate: str = "max",
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Per-image and per-breast metrics with patient-bootstrap intervals for a predictions table.
 
     Args:

@@ -310,7 +310,7 @@ def init_factory(checkpoint: str | Path) -> Callable[[str], Any]:
     def factory(init: str) -> Any:
         from mammoclip.models import create_model
 
-        base = resolve_model(checkpoint)
+        base: Any = resolve_model(checkpoint)
         if init == "pretrained":
             return base
         return create_model(base.cfg, pretrained=init == "imagenet")

@@ -189,7 +189,7 @@ def run_zeroshot(
         "task": spec.name,
         "model": model_name,
         "split": split,
-        "prompts": prompts if isinstance(prompts, str) else str(prompts) if isinstance(prompts, Path) else "custom",
+        "prompts": "custom" if isinstance(prompts, dict) else str(prompts),
         "prompt_table": table,
         "aggregate": aggregate,
         "use_logit_scale": use_logit_scale,

@@ -87,7 +87,7 @@ class ImageClassifier(nn.Module):
     left out of the exported state.
     """
 
-    def __init__(self, clip: nn.Module, n_outputs: int, dropout: float = 0.0) -> None:
+    def __init__(self, clip: Any, n_outputs: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.clip = clip
         self.preprocess_cfg = clip.preprocess_cfg
@@ -202,7 +202,7 @@ def _class_weights(labels: np.ndarray, n_classes: int) -> list[float]:
 
 
 def finetune_once(
-    clip: nn.Module,
+    clip: Any,
     bundle: Bundle,
     labels: np.ndarray,
     spec: TaskSpec,
@@ -235,14 +235,13 @@ def finetune_once(
     torch.manual_seed(seed)
     model = ImageClassifier(clip, 1 if k == 2 else k, cfg.dropout)
     size = tuple(clip.preprocess_cfg.image_size)
-    train_ds: Dataset = LabeledImages(sub(tr), labels[tr], size)
+    labelled = LabeledImages(sub(tr), labels[tr], size)
     weights = _class_weights(labels[tr], k) if cfg.balancing == "weighted" else None
-    if cfg.balancing == "sampler":
-        train_ds = BalancedImages(train_ds, seed)
+    train_ds: Dataset = BalancedImages(labelled, seed) if cfg.balancing == "sampler" else labelled
     task = ClassifyTask(model, k, weights)
     val_bundle, val_y = sub(va), labels[va]
 
-    def evaluator(m: nn.Module) -> dict[str, float]:
+    def evaluator(m: Any) -> dict[str, float]:
         if len(val_y) == 0:
             return {}
         p = predict(m, val_bundle, k, batch_size=cfg.batch_size)
