@@ -149,3 +149,19 @@ def test_intermediate_feature_maps_for_fpn() -> None:
     maps = model.image_intermediates(x, indices=3)
     assert len(maps) == 3 and all(m.ndim == 4 for m in maps)
     assert [m.shape[-1] for m in maps] == sorted((m.shape[-1] for m in maps), reverse=True)  # coarser with depth
+
+
+def test_partial_locking() -> None:
+    model = create_model("mammoclip-tiny")
+    model.lock_image_tower(unlocked_groups=1)
+    trunk = model.image_tower.trunk
+    assert not trunk.conv_stem.weight.requires_grad and not any(p.requires_grad for p in trunk.blocks[0].parameters())
+    assert all(p.requires_grad for p in trunk.blocks[-1].parameters()) and trunk.conv_head.weight.requires_grad
+    model.lock_text_tower(unlocked_layers=1)
+    layers = model.text_tower.encoder.encoder.layer
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert all(p.requires_grad for p in layers[1].parameters())
+    frozen = create_model("mammoclip-tiny", text={"freeze_layers": 1}).text_tower.encoder
+    assert not frozen.embeddings.word_embeddings.weight.requires_grad
+    assert not any(p.requires_grad for p in frozen.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in frozen.encoder.layer[1].parameters())
