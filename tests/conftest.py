@@ -17,6 +17,12 @@ Each patient has RCC, RMLO, LCC, LMLO images, ``boxes.csv`` (one row per finding
 
 from __future__ import annotations
 
+import os
+
+# The whole suite is offline: nothing may reach a model hub (the Makefile sets these too).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -1,0 +1,351 @@
+"""The end-to-end demo behind ``make demo`` / ``mammoclip demo``.
+
+synthesize a cohort -> write DICOMs -> preprocess -> pre-train ``mammoclip-lite`` -> zero-shot and
+linear probes at label fractions against random-init and ImageNet-init baselines -> ``index.html``.
+
+This is an application (layer 4): it calls only the public functions that the CLI commands call,
+so the demo exercises exactly what users run. Every number in the report comes from this run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mammoclip
+from mammoclip.errors import ConfigError
+
+#: Binary tasks the demo evaluates (manifest label columns with zero-shot prompt sets).
+DEMO_TASKS: tuple[str, ...] = ("mass", "calcification")
+
+
+@dataclass
+class DemoConfig:
+    """Settings of one demo run. The defaults finish in about 10 minutes on 2 CPU cores."""
+
+    #: Output folder (cohort, preprocessed images, runs, ``index.html``).
+    out: Path = Path("demo-output")
+    #: Synthetic patients (4 images each).
+    patients: int = 160
+    #: Size of the generated DICOMs, (H, W): small "detector" images keep the demo fast.
+    dicom_size: tuple[int, int] = (640, 384)
+    #: Model input size (H, W) the DICOMs are preprocessed to.
+    image_size: tuple[int, int] = (256, 160)
+    #: Pre-training epochs and batch size.
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 2e-4
+    #: Label fractions and seeds of the linear probes.
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    #: Image-tower initialisations compared by the probes.
+    inits: tuple[str, ...] = ("pretrained", "imagenet", "random")
+    #: Worker processes for synthesis and preprocessing.
+    workers: int = 2
+    seed: int = 0
+    #: Bootstrap replicates for the confidence intervals.
+    n_boot: int = 500
+    #: Progress bars (None: only when stderr is a terminal).
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.patients < 8:
+            raise ConfigError(f"the demo needs at least 8 patients, got {self.patients}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("epochs must be >= 1 and batch_size >= 2")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ConfigError(f"fractions must lie in (0, 1], got {self.fractions}")
+
+    @classmethod
+    def quick(cls, out: Path | str) -> DemoConfig:
+        """A small configuration that goes through every stage in about a minute (used by the tests)."""
+        return cls(out=Path(out), patients=24, dicom_size=(320, 192), image_size=(128, 80), epochs=2,
+                   batch_size=8, fractions=(0.5, 1.0), seeds=(0,), n_boot=50)
+
+
+# Seconds per unit measured on a 2-core machine, for the up-front estimate (bench/RESULTS.md).
+_COST = {"synth": 0.05, "preprocess": 0.02, "train": 0.25, "infer": 0.02, "probe_fit": 0.4}
+
+
+def estimate_seconds(cfg: DemoConfig) -> float:
+    """Rough wall time of a demo run on a 2-core CPU (used only to tell the user up front)."""
+    images = 4 * cfg.patients
+    pixels = cfg.image_size[0] * cfg.image_size[1] / (256 * 160)
+    breasts_train = 2 * cfg.patients * 0.7
+    return (images * _COST["synth"] * cfg.dicom_size[0] * cfg.dicom_size[1] / (640 * 384)
+            + images * _COST["preprocess"]
+            + cfg.epochs * breasts_train * 2 * _COST["train"] * pixels
+            + (len(DEMO_TASKS) * 2 + len(cfg.inits)) * images * _COST["infer"] * pixels
+            + len(DEMO_TASKS) * len(cfg.inits) * len(cfg.fractions) * len(cfg.seeds) * _COST["probe_fit"]
+            + 20)
+
+
+class _Stages:
+    """Prints one line per stage with its duration (the stages themselves show progress bars)."""
+
+    def __init__(self, total: int, log: Callable[[str], None]) -> None:
+        self.total, self.i, self.log, self.seconds = total, 0, log, {}
+
+    def run(self, name: str, what: str, fn: Callable[[], Any]) -> Any:
+        self.i += 1
+        self.log(f"[{self.i}/{self.total}] {what} ...")
+        t0 = time.perf_counter()
+        value = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
+        self.log(f"[{self.i}/{self.total}] {what}: done in {self.seconds[name]:.0f} s")
+        return value
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
+    """Run the whole demo; returns the path of ``index.html``."""
+    import torch
+
+    from mammoclip.data.manifest import load_bundle
+    from mammoclip.data.preprocess import PreprocessOptions, preprocess
+    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.demo_report import write_demo_html
+    from mammoclip.evaluate.probe import run_probe
+    from mammoclip.evaluate.zeroshot import run_zeroshot
+    from mammoclip.models import create_model, load_checkpoint
+    from mammoclip.train.config import load_config
+    from mammoclip.train.pretrain import run_pretraining
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    log(f"mammoclip demo: {cfg.patients} synthetic patients, {4 * cfg.patients} images, model mammoclip-lite at "
+        f"{cfg.image_size[0]}x{cfg.image_size[1]}; estimated {estimate_seconds(cfg) / 60:.0f} min on 2 CPU cores.")
+    stages = _Stages(7, log)
+
+    dicom_manifest = stages.run("synth", "synthesize the cohort and write DICOMs", lambda: generate_cohort(
+        out / "cohort-dicom", n_patients=cfg.patients, seed=cfg.seed, image_size=cfg.dicom_size, fmt="dicom",
+        workers=cfg.workers, overwrite=True, progress=cfg.progress))
+    prep = stages.run("preprocess", "preprocess DICOM -> PNG (breast crop, VOI window)", lambda: preprocess(
+        dicom_manifest, out / "cohort", PreprocessOptions(size=cfg.image_size, flip_to="none"),
+        workers=cfg.workers, progress=cfg.progress))
+    bundle = load_bundle(prep.manifest)
+    grid = stages.run("grid", "draw the cohort grid", lambda: cohort_grid(bundle, out / "figures" / "cohort_grid.png"))
+
+    def _pretrain() -> Any:
+        run_cfg = load_config(
+            None, None,
+            task="pretrain",
+            model={"name": "mammoclip-lite", "pretrained": True},
+            data={"image_text": [str(prep.manifest)], "image_size": list(cfg.image_size), "augment": "light",
+                  "text_augment": "shuffle,lexicon:p=0.5"},
+            loss={"name": "mammoclip"},
+            optim={"lr": cfg.lr, "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 0.5},
+            loop={"epochs": cfg.epochs, "batch_size": cfg.batch_size, "precision": "fp32", "workers": 1,
+                  "seed": cfg.seed + 10, "log_every": 5, "device": "cpu", "keep_last": 1},
+            eval={"zero_shot": list(DEMO_TASKS), "prompt_style": "paper"},
+            out_dir=str(out / "runs"), run_name="pretrain",
+        )
+        return run_pretraining(run_cfg, out_dir=out / "runs" / "pretrain")
+
+    fit = stages.run("pretrain", f"pre-train mammoclip-lite ({cfg.epochs} epochs)", _pretrain)
+    if fit.best is None:
+        raise RuntimeError("pre-training selected no best checkpoint (no validation split?)")
+    curves = training_curves(fit.run_dir / "metrics.jsonl", out / "figures" / "training_curves.png")
+
+    models: dict[str, Any] = {}
+
+    def model_for(init: str) -> Any:
+        if init not in models:
+            if init == "pretrained":
+                models[init] = load_checkpoint(fit.best)
+            else:
+                models[init] = create_model("mammoclip-lite", pretrained=init == "imagenet",
+                                            image_size=cfg.image_size)
+            models[init].eval()
+        return models[init]
+
+    def _zeroshot() -> dict[str, Any]:
+        res = {}
+        for task in DEMO_TASKS:
+            for init in ("pretrained", "imagenet"):
+                res[(task, init)] = run_zeroshot(
+                    model_for(init), bundle, task, prompts="ensemble", out_dir=out / "zeroshot" / f"{task}-{init}",
+                    split="test", n_boot=cfg.n_boot, model_name=f"mammoclip-lite ({init})", progress=cfg.progress)
+        return res
+
+    zs = stages.run("zeroshot", "zero-shot classification (test split)", _zeroshot)
+
+    def _probe() -> dict[str, Any]:
+        return {task: run_probe(model_for, bundle, task, fractions=cfg.fractions, seeds=cfg.seeds,
+                                inits=cfg.inits, out_dir=out / "probe" / task, n_boot=cfg.n_boot,
+                                model_name="mammoclip-lite", progress=cfg.progress)
+                for task in DEMO_TASKS}
+
+    probes = stages.run("probe", "linear probes at label fractions vs baselines", _probe)
+
+    results = collect_results(cfg, bundle, prep, fit, zs, probes, grid, curves, stages.seconds,
+                              time.perf_counter() - t_start)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    page = stages.run("report", "write the HTML report", lambda: write_demo_html(out / "results.json"))
+    log(f"Done in {results['total_seconds'] / 60:.1f} min. Open the report: {page.resolve()}")
+    return page
+
+
+# ----------------------------------------------------------------------------------------- figures ---
+
+_BOX_COLOURS = {"mass": (230, 60, 60), "calcification": (240, 200, 30), "distortion": (60, 140, 240),
+                "asymmetry": (200, 60, 200)}
+
+
+def cohort_grid(bundle: Any, path: Path, n_breasts: int = 6) -> Path:
+    """A grid of CC/MLO pairs (preprocessed images) with their lesion boxes, for the report."""
+    import cv2
+
+    from mammoclip.data.imageio import read_image
+
+    images = bundle.images
+    boxes = bundle.boxes
+    has = images.assign(n=images[["mass", "calcification"]].fillna(0).sum(axis=1))
+    breasts = (has.groupby(["patient_id", "laterality"])["n"].max().sort_values(ascending=False)
+               .index[:n_breasts].tolist())
+    tiles = []
+    for pid, lat in breasts:
+        pair = []
+        for view in ("CC", "MLO"):
+            row = images[(images["patient_id"] == pid) & (images["laterality"] == lat) & (images["view"] == view)]
+            if row.empty:
+                continue
+            img = read_image(bundle.abspath(str(row["path"].iloc[0])))
+            img8 = (img / max(1, int(img.max())) * 255).astype(np.uint8) if img.dtype != np.uint8 else img
+            rgb = cv2.cvtColor(img8, cv2.COLOR_GRAY2RGB)
+            for b in boxes[boxes["image_id"] == row["image_id"].iloc[0]].itertuples():
+                colour = _BOX_COLOURS.get(str(b.label))
+                if colour is not None:
+                    cv2.rectangle(rgb, (int(b.xmin), int(b.ymin)), (int(b.xmax), int(b.ymax)), colour, 1)
+            pair.append(rgb)
+        if len(pair) == 2:
+            tiles.append(np.hstack(pair))
+    if not tiles:
+        raise RuntimeError("no complete CC/MLO pair to draw")
+    rows = [np.hstack(tiles[i:i + 3]) for i in range(0, len(tiles), 3)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    grid = np.vstack(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scale = 2 if grid.shape[1] < 900 else 1
+    grid = cv2.resize(grid, (grid.shape[1] * scale, grid.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def training_curves(metrics_path: Path, path: Path) -> Path:
+    """Loss curves (train per logged step, validation per epoch) and zero-shot AUC per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    df = pd.DataFrame(records)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in [k for k in df.columns if k.endswith("loss") and not k.startswith("val")]:
+        d = df[["step", key]].dropna()
+        axes[0].plot(d["step"], d[key], label=key, lw=1)
+    for key in [k for k in df.columns if k.startswith("val") and k.endswith("loss")]:
+        d = df[["step", key]].dropna()
+        axes[0].plot(d["step"], d[key], "o-", label=key)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("contrastive loss")
+    axes[0].legend(fontsize=8)
+    for key in [k for k in df.columns if k.startswith("zeroshot/") and k.endswith("auc")]:
+        d = df[["step", key]].dropna()
+        axes[1].plot(d["step"], d[key], "o-", label=key.replace("zeroshot/", ""))
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[1].set_xlabel("step")
+    axes[1].set_title("zero-shot AUC on the validation split")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- results ---
+
+
+def _metric_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"value": entry.get("value"), "ci_low": entry.get("ci_low"), "ci_high": entry.get("ci_high")}
+
+
+def collect_results(cfg: DemoConfig, bundle: Any, prep: Any, fit: Any, zs: dict[Any, Any],
+                    probes: dict[str, Any], grid: Path, curves: Path, seconds: dict[str, float],
+                    total: float) -> dict[str, Any]:
+    """Gather what the run measured into the ``results.json`` structure that the page renders."""
+    out = cfg.out
+    images = bundle.images
+    splits = {}
+    for split, part in images.groupby("split"):
+        splits[str(split)] = {"images": int(len(part)), "mass": int(part["mass"].fillna(0).sum()),
+                              "calcification": int(part["calcification"].fillna(0).sum())}
+    history = [h for h in fit.history if "val/loss" in h]
+    table: list[dict[str, Any]] = []
+    for (task, init), res in zs.items():
+        table.append({"evaluation": "zero-shot", "task": task, "init": init, "fraction": None,
+                      "metric": "AUC (per image)", **_metric_entry(res["metrics"]["image"]["auc"])})
+        table.append({"evaluation": "zero-shot", "task": task, "init": init, "fraction": None,
+                      "metric": "AUC (per breast)", **_metric_entry(res["metrics"]["breast"]["auc"])})
+    for task, res in probes.items():
+        eff = pd.DataFrame(res["data_efficiency"])
+        for (init, fraction), part in eff.groupby(["init", "fraction"], sort=False):
+            vals = part["test_auc"].to_numpy(dtype=float)
+            table.append({"evaluation": "linear probe", "task": task, "init": init, "fraction": float(fraction),
+                          "metric": f"AUC (per image, mean of {len(vals)} seeds)", "value": float(vals.mean()),
+                          "ci_low": None, "ci_high": None})
+    figures: dict[str, dict[str, str]] = {
+        "cohort_grid": {"path": str(grid.relative_to(out)),
+                        "caption": "Preprocessed CC/MLO pairs with their lesion boxes (red: mass, yellow: calcification)."},
+        "training_curves": {"path": str(curves.relative_to(out)), "caption": "Pre-training loss and validation zero-shot AUC."},
+    }
+    for task in DEMO_TASKS:
+        figures[f"zeroshot_roc_{task}"] = {"path": f"zeroshot/{task}-pretrained/roc.png",
+                                           "caption": f"Zero-shot ROC, {task}, pre-trained model (test split)."}
+        figures[f"data_efficiency_{task}"] = {"path": f"probe/{task}/data_efficiency.png",
+                                              "caption": f"Linear-probe test AUC vs label fraction, {task}."}
+    figures = {k: v for k, v in figures.items() if (out / v["path"]).exists()}
+    files = {"results.json": "results.json", "cohort manifest": "cohort/manifest.csv",
+             "pre-training metrics": "runs/pretrain/metrics.jsonl"}
+    for task in DEMO_TASKS:
+        files[f"zero-shot {task} report"] = f"zeroshot/{task}-pretrained/index.html"
+        files[f"linear probe {task} report"] = f"probe/{task}/index.html"
+    files = {k: v for k, v in files.items() if (out / v).exists()}
+    return {
+        "version": mammoclip.__version__,
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, python {platform.python_version()}",
+        "model": "mammoclip-lite",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "total_seconds": round(total, 1),
+        "stage_seconds": seconds,
+        "cohort": {"patients": cfg.patients, "images": int(len(images)), "failures": int(prep.failed),
+                   "image_size": f"{cfg.image_size[0]}x{cfg.image_size[1]}", "splits": splits},
+        "pretrain": {"epochs": cfg.epochs, "steps": int(fit.steps), "seconds": seconds.get("pretrain"),
+                     "val_loss_first": history[0]["val/loss"] if history else None,
+                     "val_loss_best": min(h["val/loss"] for h in history) if history else None,
+                     "history": history},
+        "table": table,
+        "figures": figures,
+        "files": files,
+    }
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

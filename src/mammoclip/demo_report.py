@@ -1,0 +1,130 @@
+"""The demo's HTML report: one self-contained page rendered from ``results.json``.
+
+Every number on the page is read from ``results.json`` (written by the demo run); nothing is typed
+in. The test suite parses the page and checks its table against the JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+     padding:0 1em;color:#1d2330;line-height:1.45}
+h1{font-size:1.7em;margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #dde;padding-bottom:.2em}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6em 1em;margin:1em 0}
+table{border-collapse:collapse;margin:.8em 0} th,td{border:1px solid #ccd;padding:.3em .7em;text-align:right}
+th{background:#f1f3f8} td.l,th.l{text-align:left}
+figure{display:inline-block;margin:.5em;vertical-align:top} figure img{max-width:520px;border:1px solid #ccd}
+figcaption{font-size:.85em;color:#555;max-width:520px}
+code{background:#f1f3f8;padding:0 .25em}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def _ci(entry: dict[str, Any]) -> str:
+    lo, hi = entry.get("ci_low"), entry.get("ci_high")
+    if lo is None or hi is None:
+        return "–"
+    return f"{lo:.3f}–{hi:.3f}"
+
+
+def render_demo_html(results: dict[str, Any], out_dir: Path) -> str:
+    """Render the demo page.
+
+    Args:
+        results: The content of ``results.json`` (see :func:`mammoclip.demo.run_demo`).
+        out_dir: The demo folder; figure paths in ``results["figures"]`` are relative to it.
+
+    Returns:
+        The HTML text.
+    """
+    parts: list[str] = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>mammoclip demo report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>mammoclip demo report</h1>",
+        f"<p>mammoclip {html.escape(results.get('version', ''))}, run {html.escape(results.get('finished', ''))}, "
+        f"total time {results.get('total_seconds', 0):.0f} s on {html.escape(results.get('machine', ''))}.</p>",
+        "<div class='note'><b>What these numbers mean.</b> Everything here was computed on a small "
+        "<i>synthetic</i> cohort generated on this machine, with a small CPU model "
+        f"(<code>{html.escape(results.get('model', ''))}</code>) pre-trained for a few minutes. They show "
+        "that the pipeline works end to end and that pre-training teaches the model something measurable; "
+        "they say nothing about performance on real mammograms. See README for the paper configurations.</div>",
+    ]
+
+    cohort = results.get("cohort", {})
+    parts.append("<h2>1. Synthetic cohort</h2>")
+    parts.append(
+        f"<p>{cohort.get('patients', 0)} patients, {cohort.get('images', 0)} images (CC and MLO of both breasts), "
+        f"written as DICOM and preprocessed to {cohort.get('image_size', '')} PNGs "
+        f"({cohort.get('failures', 0)} failures).</p>"
+    )
+    parts.append(_table(
+        ["split", "images", "mass", "calcification"],
+        [[s, v.get("images"), v.get("mass"), v.get("calcification")] for s, v in cohort.get("splits", {}).items()],
+        table_id="cohort-table",
+    ))
+    parts.extend(_figures(results, ("cohort_grid",)))
+
+    parts.append("<h2>2. Pre-training</h2>")
+    pre = results.get("pretrain", {})
+    parts.append(
+        f"<p>{pre.get('epochs', 0)} epochs, {pre.get('steps', 0)} steps, validation loss "
+        f"{_fmt(pre.get('val_loss_first'))} → {_fmt(pre.get('val_loss_best'))} (best), "
+        f"{pre.get('seconds') or 0:.0f} s.</p>"
+    )
+    parts.extend(_figures(results, ("training_curves",)))
+
+    parts.append("<h2>3. Results</h2>")
+    rows = []
+    for row in results.get("table", []):
+        rows.append([row["evaluation"], row["task"], row["init"], row.get("fraction"), row["metric"],
+                     row["value"], _ci(row)])
+    parts.append(_table(["evaluation", "task", "init", "label fraction", "metric", "value", "95% CI"], rows,
+                        table_id="results-table", left=(0, 1, 2, 4)))
+    parts.extend(_figures(results, tuple(k for k in results.get("figures", {}) if k not in
+                                         ("cohort_grid", "training_curves"))))
+    parts.append("<h2>4. Files</h2><ul>")
+    for label, rel in results.get("files", {}).items():
+        parts.append(f"<li><a href='{html.escape(rel)}'>{html.escape(label)}</a></li>")
+    parts.append("</ul></body></html>")
+    return "\n".join(parts)
+
+
+def _table(header: list[str], rows: list[list[Any]], *, table_id: str, left: tuple[int, ...] = (0,)) -> str:
+    """An HTML table; columns whose index is in ``left`` are left-aligned (text), the rest numbers."""
+    head = "".join(f"<th class='{'l' if i in left else ''}'>{html.escape(h)}</th>" for i, h in enumerate(header))
+    body = []
+    for row in rows:
+        cells = "".join(f"<td class='{'l' if i in left else ''}'>{_fmt(v)}</td>" for i, v in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table id='{table_id}'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _figures(results: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    out = []
+    for key in keys:
+        fig = results.get("figures", {}).get(key)
+        if fig:
+            out.append(f"<figure><img src='{html.escape(fig['path'])}' alt='{html.escape(key)}'>"
+                       f"<figcaption>{html.escape(fig.get('caption', ''))}</figcaption></figure>")
+    return out
+
+
+def write_demo_html(results_path: Path) -> Path:
+    """Render ``index.html`` beside ``results.json``."""
+    results = json.loads(Path(results_path).read_text())
+    out = Path(results_path).with_name("index.html")
+    out.write_text(render_demo_html(results, out.parent), encoding="utf-8")
+    return out
