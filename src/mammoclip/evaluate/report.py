@@ -127,6 +127,9 @@ def plot_data_efficiency(table: pd.DataFrame, metric: str, path: str | Path, *, 
         x = stats.index.to_numpy(dtype=float) * 100
         ax.errorbar(x, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=str(init))
     ax.set_xscale("log")
+    ticks = sorted(table["fraction"].unique() * 100)
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+    ax.minorticks_off()
     ax.set(xlabel="labelled training patients (%)", ylabel=metric, title=title or f"data efficiency ({metric})")
     ax.grid(alpha=0.3)
     ax.legend(title="init", fontsize=8)
