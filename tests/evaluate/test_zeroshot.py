@@ -100,3 +100,12 @@ def test_zeroshot_cli(eval_cohort: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert rc == 0
     assert "image_auc" in capsys.readouterr().out
     assert (out / "index.html").exists() and (out / "predictions_breast.csv").exists()
+
+
+def test_zeroshot_single_class_split_gives_nan_not_error(tiny_model, eval_cohort: Path) -> None:  # noqa: ANN001
+    """Pre-training's epoch-end evaluator scores a small val split that may lack positives."""
+    bundle = load_bundle(eval_cohort)
+    bundle.images = bundle.images[bundle.images["mass"] == 0].reset_index(drop=True)
+    res = run_zeroshot(tiny_model, bundle, "mass", split="all", n_boot=0)
+    assert np.isnan(res["summary"]["image_auc"]) and res["notes"]
+    assert 0.0 <= res["metrics"]["image"]["accuracy"]["value"] <= 1.0

@@ -180,8 +180,10 @@ def run_zeroshot(
     preds[cols] = probs
     preds["pred"] = probs.argmax(axis=1)
     labelled = preds[preds["label"] >= 0]
-    if spec.binary and labelled["label"].nunique() < 2:
-        raise DataError(f"split {split!r} has only one class of {spec.column!r}; AUC needs both; use --split all")
+    notes = []
+    if labelled["label"].nunique() < 2:
+        # not an error: a small validation split may lack positives; AUC-type metrics become NaN (null).
+        notes.append(f"split {split!r} has a single class of {spec.column!r}: AUC-type metrics are undefined")
     scored = evaluate_predictions(preds, spec.class_names, aggregate=aggregate, n_boot=n_boot)
     headline = "auc" if spec.binary else "accuracy"
     results: dict[str, Any] = {
@@ -195,6 +197,7 @@ def run_zeroshot(
         "use_logit_scale": use_logit_scale,
         "metrics": {"image": scored["image"], "breast": scored["breast"]},
         "counts": {k: scored[k] for k in ("n_images", "n_breasts", "n_patients")},
+        "notes": notes,
         "summary": {f"image_{headline}": scored["image"][headline]["value"],
                     f"breast_{headline}": scored["breast"][headline]["value"]},
     }
