@@ -34,6 +34,10 @@ class ModelSection:
     pretrained: bool = True
     #: Recompute activations in the backward pass (less memory, ~30% slower).
     grad_checkpointing: bool = False
+    #: Freeze the text tower (LiT-style: only the image side and the projections learn; much cheaper).
+    lock_text: bool = False
+    #: Freeze the image tower (and its BatchNorm statistics).
+    lock_image: bool = False
     #: Extra keyword overrides for ``create_model`` (e.g. ``{"embed_dim": 256}``).
     overrides: dict[str, Any] = field(default_factory=dict)
 

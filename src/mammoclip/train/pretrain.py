@@ -53,6 +53,10 @@ def build_model(cfg: RunConfig) -> nn.Module:
         if cfg.data.image_size is not None:
             overrides["image_size"] = cfg.data.image_size  # recorded in the checkpoint's preprocessing config
         model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **overrides)
+    if cfg.model.lock_text:
+        model.lock_text_tower()
+    if cfg.model.lock_image:
+        model.lock_image_tower()
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
