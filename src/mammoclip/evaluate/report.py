@@ -33,7 +33,12 @@ INDEX_FILE = "index.html"
 
 
 def _pyplot():  # noqa: ANN202 - returns the matplotlib.pyplot module
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as err:
+        from mammoclip.errors import ConfigError
+
+        raise ConfigError("plots need matplotlib: pip install 'mammoclip[viz]'") from err
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
