@@ -72,3 +72,19 @@ def test_errors_are_the_same(tmp_path: Path) -> None:
     ct = write_dicom(tmp_path / "ct.dcm", phantom((32, 32)), modality="CT")
     with pytest.raises(DataError, match="not a mammogram"):
         decode_dicom(ct)
+
+
+def test_preferred_decoder_matches_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydicom.pixels import pixel_array
+
+    import mammoclip.data.dicom as dicom
+
+    display = phantom((96, 64), seed=3)
+    path = write_dicom(tmp_path / "x.dcm", display, bits=12, syntax="j2k")
+    codes, lut, _ = decode_dicom(path)
+    assert lut is None
+    np.testing.assert_array_equal(codes, display)
+    for plugin in ("gdcm", "pillow"):
+        np.testing.assert_array_equal(codes, pixel_array(path, decoding_plugin=plugin))
+    monkeypatch.setattr(dicom, "PREFERRED_DECODER", "no-such-plugin")  # falls back to every plugin
+    np.testing.assert_array_equal(decode_dicom(path)[0], display)

@@ -168,6 +168,31 @@ def _stored_range(ds: Any) -> tuple[float, float]:
     return 0.0, float(2**bits - 1)
 
 
+#: Decoder plugin tried first when it can decode the transfer syntax: pylibjpeg (OpenJPEG) decodes
+#: JPEG 2000 with ~25 % less CPU than python-gdcm, which pydicom would otherwise pick first
+#: (measured on 3328x2560 lossless files, all decoders single-threaded). Lossless: same values.
+PREFERRED_DECODER: str = "pylibjpeg"
+
+
+def _fast_pixel_array(ds: Any, tsyntax: Any) -> np.ndarray | None:
+    """Decode with :data:`PREFERRED_DECODER`; None when it does not apply or fails.
+
+    A failure here is not final: the caller then lets pydicom try every installed plugin, which
+    keeps the fallbacks (and their error messages) for files this one plugin cannot read.
+    """
+    from pydicom.pixels import get_decoder
+
+    try:
+        if tsyntax is None or PREFERRED_DECODER not in get_decoder(tsyntax).available_plugins:
+            return None
+        ds.pixel_array_options(decoding_plugin=PREFERRED_DECODER)
+        return np.asarray(ds.pixel_array)
+    except Exception:  # noqa: BLE001 - any decoder failure: fall back to pydicom's full plugin list
+        return None
+    finally:
+        ds.pixel_array_options(decoding_plugin="")
+
+
 def _decode(path: Path, modalities: tuple[str, ...] | None) -> tuple[Any, np.ndarray]:
     """Read, check and decode one file: the dataset and its stored values (any integer dtype)."""
     path = Path(path)
@@ -181,7 +206,9 @@ def _decode(path: Path, modalities: tuple[str, ...] | None) -> tuple[Any, np.nda
         raise DataError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not a mammogram")
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
-        stored = ds.pixel_array
+        stored = _fast_pixel_array(ds, tsyntax)
+        if stored is None:
+            stored = ds.pixel_array
     except NotImplementedError as err:
         name = getattr(tsyntax, "name", str(tsyntax))
         raise DataError(f"{path}: no decoder for transfer syntax {name!r}; install the pylibjpeg "
