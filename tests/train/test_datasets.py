@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from mammoclip.data.datasets import ImageTextDataset, LabelTextDataset, MixedDataset, PairCollate
 from mammoclip.data.imageio import write_png
-from mammoclip.data.prompts import labels_to_text
 from mammoclip.data.manifest import Bundle
+from mammoclip.data.prompts import labels_to_text
 from mammoclip.data.transforms import RandomAffine, build_augmentation
 
 H, W = 32, 24
