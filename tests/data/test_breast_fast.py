@@ -9,6 +9,7 @@ import pytest
 from mammoclip.data.breast import (
     BreastPreprocess,
     TransformRecord,
+    map_codes,
     plan_transform,
     resize_area,
     segment_breast,
@@ -72,10 +73,27 @@ def test_pipeline_within_one_grey_level_of_opencv(bits: int, resize: str, side: 
     assert (diff == 0).mean() > 0.999
 
 
-def test_codes_with_lut_equal_values() -> None:
+LUTS = {
+    "affine": (4095.0 - np.arange(65536, dtype=np.float32)) * np.float32(0.5) + np.float32(7),  # inverted, rescaled
+    "windowed": np.clip((np.arange(65536, dtype=np.float32) - 1000) * np.float32(0.3), 0, 800),  # VOI-like clip
+    "curve": np.sqrt(np.arange(65536, dtype=np.float32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LUTS))
+def test_map_codes_equals_the_gather(name: str) -> None:
+    codes = np.random.default_rng(3).integers(0, 65536, (300, 200)).astype(np.uint16)[10:250, 5:150]
+    lut = LUTS[name]
+    mapped = map_codes(codes, lut)
+    assert mapped.dtype == np.float32
+    np.testing.assert_array_equal(mapped, lut[codes])  # bit for bit, affine shortcut or not
+
+
+@pytest.mark.parametrize("name", sorted(LUTS))
+def test_codes_with_lut_equal_values(name: str) -> None:
     """Integer codes + LUT give the very same output as the mapped values (only the crop is mapped)."""
     codes = phantom((500, 320), side="right", seed=4)
-    lut = (4095.0 - np.arange(65536, dtype=np.float32)) * np.float32(0.5) + np.float32(7)  # inverted, rescaled
+    lut = LUTS[name]
     values = lut[codes]
     transform = BreastPreprocess((160, 96), window="percentile", bits=16)
     out_values, rec_values = transform(values)

@@ -266,6 +266,28 @@ def resize_area(image: np.ndarray, width: int, height: int, *, flip: bool = Fals
     return cv2.transpose(_area_weights(w, width, reverse=flip) @ cv2.transpose(src))  # (height, width)
 
 
+def map_codes(codes: np.ndarray, lut: np.ndarray | None) -> np.ndarray:
+    """Values of integer ``codes`` as float32: ``lut[codes]`` (or the codes themselves without a LUT).
+
+    A gather through a 65536-entry table runs at ~0.4 GB/s, ~8x slower than a cast. The usual DICOM
+    value pipeline (rescale, MONOCHROME1 inversion) is affine, so when the LUT is exactly
+    ``float32(code) * a + b`` for every code, that arithmetic gives the very same values (same
+    float32 operations per element) at cast speed; any other LUT is gathered.
+    """
+    if lut is None:
+        return np.asarray(codes, dtype=np.float32)
+    a, b = lut[1] - lut[0], lut[0]
+    ramp = np.arange(lut.size, dtype=np.float32)
+    ramp *= a
+    ramp += b
+    if not np.array_equal(ramp, lut):
+        return lut[codes]
+    out = codes.astype(np.float32)
+    out *= a
+    out += b
+    return out
+
+
 @dataclass(frozen=True)
 class Segmentation:
     """The breast found in one image: a box in original pixels and the chest-wall side."""
@@ -309,7 +331,7 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
     # segmentation needs the shape, not every pixel, and this halves the stage on 13 MP images.
     stride = max(1, int(1 / (2 * f)))
     sub = image[::stride, ::stride]
-    small = resize_area(sub if lut is None else lut[sub], sw, sh)
+    small = resize_area(map_codes(sub, lut), sw, sh)
     u8 = _to_uint8(small)
     thr, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Otsu splits background from dense tissue; the fatty skin edge sits between, so lower it.
@@ -470,7 +492,7 @@ class BreastPreprocess:
         """Crop, window, resize and cast ``image`` along a planned ``record`` (the part after :meth:`plan`)."""
         crop = image[record.crop_y0:record.crop_y1, record.crop_x0:record.crop_x1]
         # The only full-resolution float32 array is the crop's (a view when the input already is).
-        values = np.asarray(crop, dtype=np.float32) if lut is None else lut[crop]
+        values = map_codes(crop, lut)
         lo, hi = window_range if window_range is not None else WINDOWS[self.window](values)
         # Resize the raw crop in float, then window the small result: area resizing is linear, so
         # this equals windowing first (up to where the window clips) at a fraction of the cost.
