@@ -8,8 +8,8 @@ Measures, for one model / input size / batch:
   ``--workers`` processes over a synthetic cohort (PNG decode, resize, augmentation, tokenisation,
   uint -> float normalisation on the device);
 * ``overhead`` = 1 - full/model (target: <= 10 %, the loader never starves the model);
-* peak memory of one step, plain vs gradient checkpointing vs gradient caching (each variant in a
-  fresh subprocess on CPU, where peak RSS is the measure; ``torch.cuda.max_memory_allocated`` on GPU).
+* memory of one step, plain vs gradient checkpointing vs gradient caching: the allocator peak on
+  GPU, the activation bytes saved for backward on CPU (see :func:`memory_variant`).
 
 Presets::
 
@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -150,7 +148,13 @@ def throughput(args: argparse.Namespace) -> dict:
 
 
 def memory_variant(args: argparse.Namespace, variant: str) -> dict:
-    """Peak memory of a few steps of one variant (run in a fresh process on CPU)."""
+    """Memory of one step of one variant.
+
+    On CUDA: ``torch.cuda.max_memory_allocated``. On CPU there is no allocator peak to read (and the
+    process RSS peak is set by model loading), so the measure is the activation memory: the bytes
+    of distinct tensors saved for backward by one forward with a graph (the largest over the
+    micro-batches under gradient caching), counted with ``saved_tensors_hooks``.
+    """
     from mammoclip.train.loop import _autocast
 
     task, opt, tok, device, _, _ = _setup(args, grad_ckpt=variant in ("grad_checkpointing", "both"))
@@ -158,27 +162,32 @@ def memory_variant(args: argparse.Namespace, variant: str) -> dict:
     ds, collate = _dataset(args, tok)
     batch = task.prepare(collate([ds[i] for i in range(args.batch)]), device)
     micro = args.micro if variant in ("grad_caching", "both") else None
+    seen: dict[int, int] = {}
+    peak = [0]
+    outputs = task.outputs
+
+    def counted_outputs(b):
+        seen.clear()
+        out = outputs(b)
+        peak[0] = max(peak[0], sum(seen.values()))
+        return out
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or t.requires_grad:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    task.outputs = counted_outputs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    for _ in range(2):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _step(task, opt, batch, autocast, micro)
     _sync(device)
-    secs = (time.perf_counter() - t0) / 2
+    secs = time.perf_counter() - t0
+    out = {"variant": variant, "saved_activations_mib": peak[0] / 2**20, "step_s": secs}
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-        return {"variant": variant, "peak_gpu_mib": peak, "step_s": secs}
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    return {"variant": variant, "peak_rss_mib": peak_rss, "rss_growth_mib": peak_rss - base / 1024, "step_s": secs}
-
-
-def _args_to_cli(args: argparse.Namespace) -> list[str]:
-    out = ["--model", args.model, "--size", str(args.size[0]), str(args.size[1]), "--batch", str(args.batch),
-           "--precision", args.precision, "--device", args.device, "--micro", str(args.micro),
-           "--workers", "0", "--patients", str(args.patients), "--augment", args.augment]
-    if args.cohort:
-        out += ["--cohort", str(args.cohort)]
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
 
@@ -197,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patients", type=int, default=None)
     p.add_argument("--cohort", default=None, help="existing manifest (default: generate a synthetic cohort)")
     p.add_argument("--augment", default="paper")
-    p.add_argument("--memory-variant", default=None, help=argparse.SUPPRESS)
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "train.json"))
     args = p.parse_args(argv)
     preset_name = args.preset or ("b5-gpu" if torch.cuda.is_available() else "lite-cpu")
@@ -211,35 +220,29 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA is not available; use --preset lite-cpu", file=sys.stderr)
         return 2
 
-    if args.memory_variant:
-        print(json.dumps(memory_variant(args, args.memory_variant)))
-        return 0
-
     result = {"preset": preset_name, "model": args.model, "size": args.size, "batch": args.batch,
               "precision": args.precision, "device": args.device, "workers": args.workers, "steps": args.steps,
               "torch_threads": torch.get_num_threads(), "machine": platform.node(), "cpus": os.cpu_count(),
               "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}
-    result.update(throughput(args))
+    if not args.skip_throughput:
+        result.update(throughput(args))
     memory = []
     if not args.skip_memory:
         for variant in ("plain", "grad_checkpointing", "grad_caching", "both"):
+            memory.append(memory_variant(args, variant))
             if args.device == "cuda":
-                memory.append(memory_variant(args, variant))
                 torch.cuda.empty_cache()
-            else:
-                cmd = [sys.executable, __file__, *_args_to_cli(args), "--memory-variant", variant]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
     result["memory"] = memory
 
     print(f"\n{args.model} {args.size[0]}x{args.size[1]} batch {args.batch} {args.precision} on {args.device} "
           f"(workers {args.workers}; shared machine: noisy)")
     print(f"{'measure':<28}{'value':>12}")
-    for k in ("model_step_images_per_s", "full_step_images_per_s", "loader_only_images_per_s"):
-        print(f"{k:<28}{result[k]:>12.2f}")
-    print(f"{'data pipeline overhead':<28}{100 * result['overhead']:>11.1f}%")
+    if not args.skip_throughput:
+        for k in ("model_step_images_per_s", "full_step_images_per_s", "loader_only_images_per_s"):
+            print(f"{k:<28}{result[k]:>12.2f}")
+        print(f"{'data pipeline overhead':<28}{100 * result['overhead']:>11.1f}%")
     if memory:
-        key = "peak_gpu_mib" if args.device == "cuda" else "peak_rss_mib"
+        key = "peak_gpu_mib" if args.device == "cuda" else "saved_activations_mib"
         print(f"\n{'memory variant':<22}{key:>16}{'step s':>10}")
         for m in memory:
             print(f"{m['variant']:<22}{m[key]:>16.0f}{m['step_s']:>10.2f}")
