@@ -89,7 +89,7 @@ def test_items_do_not_depend_on_worker_count(tmp_path: Path) -> None:
     for a, b in zip(*batches):
         for k in a:
             assert torch.equal(a[k], b[k]), k
-    assert batches[0][0]["input_ids"].shape[0] == 3 and batches[0][0]["image"].shape == (3, 1, H, W)
+    assert batches[0][0]["input_ids"].shape[0] == 3 and batches[0][0]["input_ids"].shape[1] % 32 == 0 and batches[0][0]["image"].shape == (3, 1, H, W)
 
 
 def test_label_text_captions_follow_each_view_labels(tmp_path: Path) -> None:
