@@ -157,6 +157,19 @@ def probe_once(
     return row, probs
 
 
+def test_predictions(images: pd.DataFrame, labels: np.ndarray, spec: TaskSpec, probs: np.ndarray, *,
+                     init: str, fraction: float, seed: int) -> pd.DataFrame:
+    """One fit's test-split predictions: ids, label, class scores, tagged with (init, fraction, seed)."""
+    test = (images["split"] == "test").to_numpy()
+    pf = images.loc[test, ["image_id", "patient_id", "laterality", "view"]].copy()
+    pf["label"] = labels[test]
+    pf[score_columns(spec.class_names)] = probs
+    pf.insert(0, "seed", seed)
+    pf.insert(0, "fraction", fraction)
+    pf.insert(0, "init", init)
+    return pf
+
+
 def run_probe(
     model_factory: Callable[[str], Any],
     bundle: Bundle,
@@ -222,13 +235,7 @@ def run_probe(
                 row, probs = probe_once(feats, labels, sub.images, spec, fraction=fraction, seed=seed, Cs=Cs,
                                         val_fraction=val_fraction)
                 rows.append({"init": init, **row})
-                test_rows = sub.images[sub.images["split"] == "test"]
-                pf = test_rows[["image_id", "patient_id", "laterality", "view"]].copy()
-                pf["label"] = labels[(sub.images["split"] == "test").to_numpy()]
-                pf[score_columns(spec.class_names)] = probs
-                pf.insert(0, "seed", seed)
-                pf.insert(0, "fraction", fraction)
-                pf.insert(0, "init", init)
+                pf = test_predictions(sub.images, labels, spec, probs, init=init, fraction=fraction, seed=seed)
                 pred_frames.append(pf)
                 if fraction == top and seed == seeds[0]:
                     scored = evaluate_predictions(pf, spec.class_names, aggregate=aggregate, n_boot=n_boot)

@@ -33,9 +33,8 @@ from mammoclip.evaluate.metrics import (
     binary_metrics,
     evaluate_predictions,
     multiclass_metrics,
-    score_columns,
 )
-from mammoclip.evaluate.probe import INITS
+from mammoclip.evaluate.probe import INITS, test_predictions
 from mammoclip.evaluate.splits import DEFAULT_VAL_FRACTION, assert_disjoint, carve_validation, sample_patients
 from mammoclip.evaluate.tasks import TaskSpec, get_task, task_labels
 from mammoclip.train.config import LoopConfig, OptimConfig
@@ -310,7 +309,6 @@ def run_finetune(
     out = Path(out_dir)
     rows, frames, metrics = [], [], {}
     top = max(fractions)
-    test_rows = sub.images[sub.images["split"] == "test"]
     for init in inits:
         for fraction in fractions:
             for seed in seeds:
@@ -319,12 +317,7 @@ def run_finetune(
                 row, probs = finetune_once(clip, sub, labels, spec, fraction=fraction, seed=seed, cfg=cfg,
                                            run_dir=out / "fits" / f"{init}-f{fraction:g}-s{seed}")
                 rows.append({"init": init, **row})
-                pf = test_rows[["image_id", "patient_id", "laterality", "view"]].copy()
-                pf["label"] = labels[(sub.images["split"] == "test").to_numpy()]
-                pf[score_columns(spec.class_names)] = probs
-                pf.insert(0, "seed", seed)
-                pf.insert(0, "fraction", fraction)
-                pf.insert(0, "init", init)
+                pf = test_predictions(sub.images, labels, spec, probs, init=init, fraction=fraction, seed=seed)
                 frames.append(pf)
                 if fraction == top and seed == seeds[0]:
                     scored = evaluate_predictions(pf, spec.class_names, aggregate=aggregate, n_boot=n_boot)
