@@ -294,6 +294,9 @@ def test_existing_folder_is_protected_unless_overwrite(tmp_path: Path) -> None:
     before = _files(out)
     # The same settings again: nothing to do, nothing changes.
     assert generate_cohort(out, 1, seed=1, image_size=(64, 48), progress=False) == first
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    generate_cohort(out, 1, seed=1, image_size=(64, 48), overwrite=True, progress=False)  # still nothing to do
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
     with pytest.raises(DataError, match="different synthetic cohort"):
         generate_cohort(out, 1, seed=2, image_size=(64, 48), progress=False)
     assert _files(out) == before

@@ -296,7 +296,7 @@ def _prepare_folder(out: Path, cfg: CohortConfig, overwrite: bool) -> bool:
             info = {}
         same = (info.get("settings") == cfg.settings() and info.get("version") == GENERATOR_VERSION
                 and bool(info.get("complete")))
-    if same and not overwrite:
+    if same:  # byte-identical output: nothing to redo, with or without overwrite
         return True
     if not overwrite:
         what = "a different synthetic cohort" if meta.exists() else "other files"
