@@ -118,3 +118,38 @@ def test_augmentation_is_seeded_dtype_preserving_and_symmetric() -> None:
     angles = [np.degrees(np.arctan2(m[1, 0], m[0, 0])) for m in
               (affine.sample(rng, (H, W))["matrix"] for _ in range(200))]
     assert min(angles) < -10 and max(angles) > 10 and max(abs(x) for x in angles) <= 20 + 1e-6  # ±range, not +20 always
+
+
+def _two_sided_bundle(tmp_path: Path) -> Bundle:
+    """One study whose report describes a left mass and a normal right breast."""
+    rows = []
+    for side in ("L", "R"):
+        for view in ("CC", "MLO"):
+            path = tmp_path / f"{side}_{view}.png"
+            write_png(path, np.full((H, W), VIEW_CODE[view], dtype=np.uint16))
+            rows.append({"image_id": path.stem, "patient_id": "p0", "study_id": "s0", "laterality": side,
+                         "view": view, "path": path.name, "split": "train", "source": "test", "report_id": "r0"})
+    reports = [{"report_id": "r0",
+                "findings": "A 12 mm spiculated mass is seen in the left breast at 2 o'clock. "
+                            "The right breast shows no suspicious mass or calcification. Scattered fibroglandular tissue.",
+                "impression": "Left breast: spiculated mass, BI-RADS 4."}]
+    return Bundle(pd.DataFrame(rows), reports=pd.DataFrame(reports), root=tmp_path)
+
+
+def test_each_breast_gets_its_own_sentences(tmp_path: Path) -> None:
+    bundle = _two_sided_bundle(tmp_path)
+    ds = ImageTextDataset(bundle, train=False)
+    by_side = {ds._sides[i]: ds.breast_captions(i) for i in range(len(ds))}
+    left, right = by_side["L"], by_side["R"]
+    # Left: its mass sentence and the sentence about both breasts; the impression (left only).
+    assert len(left) == 2 and "spiculated mass" in left[0] and "Scattered fibroglandular" in left[0]
+    assert "right breast" not in left[0] and "BI-RADS 4" in left[1]
+    # Right: no word of the left mass; the left-only impression is left out, not pasted in.
+    assert right == ["The right breast shows no suspicious mass or calcification. Scattered fibroglandular tissue."]
+    for i in range(len(ds)):  # items use the per-breast captions
+        item = ds[i]
+        assert item["text"] in by_side[ds._sides[i]] and item["text2"] in by_side[ds._sides[i]]
+    # The original behaviour on request: every breast gets the whole sections.
+    whole = ImageTextDataset(bundle, train=False, per_breast=False)
+    assert all(whole.breast_captions(i) == whole.captions[i] for i in range(len(whole)))
+    assert "left breast" in whole[whole._sides.index("R")]["text"]

@@ -156,6 +156,15 @@ class ImageTextDataset(_BreastPairs):
     0.5; with one section the captions are (original, augmented) in random order. Validation
     (``train=False``) is deterministic: CC/MLO and findings/impression.
 
+    A screening report describes both breasts, but each item is one breast. With ``per_breast``
+    (the default) each section is cut down to the sentences about this breast or about both
+    (:meth:`mammoclip.data.reports.ParsedReport.captions`), so the left breast with a mass is not
+    paired with "no suspicious findings in the right breast"; the original pairs every breast with
+    the whole report, which leaves the two breasts of a study with identical captions. A section
+    with no sentence about this breast is left out (an impression about the other breast only);
+    when no section has one, the whole sections are used. Reports are parsed lazily, once per item
+    and worker.
+
     Args:
         bundle: Manifest bundle; rows without a report (or whose report is empty) are skipped.
         image_size: (H, W) the images are resized to (None: as stored).
@@ -164,15 +173,22 @@ class ImageTextDataset(_BreastPairs):
         train: Random draws (train) or deterministic items (validation).
         seed: Base seed of the per-item generators.
         sections: Report sections used as captions.
+        per_breast: Keep only each breast's sentences of a section (see above); False pairs every
+            breast with the whole section text, as the original does.
     """
 
     def __init__(self, bundle: Bundle, image_size: tuple[int, int] | None = None, *,
                  augment: ArrayTransform | None = None, text_augmenter: TextAugmenter | None = None,
-                 train: bool = True, seed: int = 0, sections: tuple[str, ...] = ("findings", "impression")) -> None:
+                 train: bool = True, seed: int = 0, sections: tuple[str, ...] = ("findings", "impression"),
+                 per_breast: bool = True) -> None:
         super().__init__(bundle, image_size, augment, train, seed)
         self.text_augmenter = text_augmenter if text_augmenter is not None else default_text_augmenter()
+        self.per_breast = per_breast
         reports = bundle.reports.set_index("report_id") if len(bundle.reports) else None
         self.captions: list[list[str]] = []
+        self._section_names: list[list[str]] = []
+        self._sides: list[str] = []
+        self._breast_captions: dict[int, list[str]] = {}
         if reports is None or "report_id" not in self.images.columns:
             return
         for breast in _breasts(self.images):
@@ -180,11 +196,38 @@ class ImageTextDataset(_BreastPairs):
             if pd.isna(rid) or rid not in reports.index:
                 continue
             row = reports.loc[rid]
-            texts = [str(row[s]).strip() for s in sections if s in row.index and not pd.isna(row[s])]
-            texts = [t for t in texts if t]
-            if texts:
+            named = [(s, str(row[s]).strip()) for s in sections if s in row.index and not pd.isna(row[s])]
+            named = [(s, t) for s, t in named if t]
+            if named:
+                first = next(iter(breast.values()))[0]
                 self.breasts.append(breast)
-                self.captions.append(texts)
+                self.captions.append([t for _, t in named])
+                self._section_names.append([s for s, _ in named])
+                self._sides.append(str(self.images.loc[first, "laterality"]))
+
+    def breast_captions(self, index: int) -> list[str]:
+        """The captions of item ``index``: each section cut to this breast's sentences (``per_breast``)."""
+        texts = self.captions[index]
+        side = self._sides[index]
+        if not self.per_breast or side not in ("L", "R"):
+            return texts
+        cached = self._breast_captions.get(index)
+        if cached is None:
+            from mammoclip.data.reports import SECTION_HEADERS, parse_report
+
+            cached = []
+            for name, text in zip(self._section_names[index], texts):
+                if name not in SECTION_HEADERS:
+                    cached.append(text)
+                    continue
+                # Re-parse one section under its own header, so its sentences keep their section.
+                parsed = parse_report(f"{name.upper()}: {text}", deidentify_text=False)
+                cached.extend(parsed.captions(side, sections=(name,)))
+            # A section that says nothing about this breast is left out; when none does, the
+            # whole sections are the best captions there are.
+            cached = cached or texts
+            self._breast_captions[index] = cached
+        return cached
 
     def _maybe_augment(self, text: str, rng: np.random.Generator) -> str:
         if self.text_augmenter is None or rng.random() >= 0.5:
@@ -192,7 +235,7 @@ class ImageTextDataset(_BreastPairs):
         return self.text_augmenter(text, rng)
 
     def _texts(self, index: int, rows: tuple[int, int], rng: np.random.Generator) -> tuple[str, str]:
-        texts = self.captions[index]
+        texts = self.breast_captions(index)
         if not self.train:
             return texts[0], texts[1] if len(texts) > 1 else texts[0]
         if len(texts) >= 2:

@@ -60,6 +60,9 @@ class DataSection:
     #: Caption augmenter spec (``mammoclip.data.text_augment.build_augmenter``); "" = off. The augmented
     #: caption replaces the original with probability 0.5 (official-spec §2.2).
     text_augment: str = "shuffle,lexicon:p=0.5"
+    #: Pair each breast with its own sentences of the report (False: the whole report, as the
+    #: original does; see :class:`mammoclip.data.datasets.ImageTextDataset`).
+    per_breast_captions: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size is not None:

@@ -78,6 +78,7 @@ def build_datasets(cfg: RunConfig, image_size: tuple[int, int]) -> tuple[Dataset
         extra: dict[str, Any] = {}
         if kind == "image_text":
             extra["text_augmenter"] = default_text_augmenter(cfg.data.text_augment) or _identity_text
+            extra["per_breast"] = cfg.data.per_breast_captions
         for path in paths:
             bundle = _bundle(path)
             tr = cls(bundle.split(cfg.data.train_split), image_size, augment=augment, train=True,
