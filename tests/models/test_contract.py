@@ -165,3 +165,42 @@ def test_partial_locking() -> None:
     assert not frozen.embeddings.word_embeddings.weight.requires_grad
     assert not any(p.requires_grad for p in frozen.encoder.layer[0].parameters())
     assert all(p.requires_grad for p in frozen.encoder.layer[1].parameters())
+
+
+def test_locked_text_tower_is_deterministic_and_memoised() -> None:
+    torch.manual_seed(0)
+    model = create_model("mammoclip-tiny")
+    ids = torch.randint(5, 90, (4, 12))
+    ids[2] = ids[0]  # a caption seen twice in one batch
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # padded row
+    model.eval()
+    with torch.no_grad():
+        expected = model.text_tower(ids, mask)  # (4, T)
+    model.lock_text_tower()
+    model.train()
+    assert not model.text_tower.training and model.image_tower.training  # no dropout in the frozen tower
+    cache = model.text_cache
+    assert cache is not None
+    first = model.text_features(ids, mask)
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    assert (cache.misses, cache.hits, len(cache)) == (3, 1, 3)
+    # The same captions padded to another length hit the memo and give the same features.
+    longer = torch.nn.functional.pad(ids, (0, 20))
+    again = model.text_features(longer, torch.nn.functional.pad(mask, (0, 20)))
+    assert cache.misses == 3 and cache.hits == 5
+    torch.testing.assert_close(again, first)
+    # The projection still learns from memoised features.
+    model.encode_text(ids, mask).sum().backward()
+    assert model.text_projection.weight.grad is not None and model.text_projection.weight.grad.abs().sum() > 0
+    # New weights make the memo stale: it is emptied.
+    model.load_state_dict(model.state_dict())
+    assert len(cache) == 0
+    # LRU bound.
+    cache.max_items = 2
+    model.text_features(ids, mask)
+    assert len(cache) == 2
+    # Partial unlocking trains the tower: no memo, dropout back on in train mode.
+    model.lock_text_tower(unlocked_layers=1)
+    model.train()
+    assert model.text_cache is None and model.text_tower.training

@@ -20,7 +20,7 @@ from torch import nn
 from mammoclip.constants import MAX_LOGIT_SCALE
 from mammoclip.models.config import MammoClipCfg, PreprocessCfg
 from mammoclip.models.image import ImageTower
-from mammoclip.models.text import TextTower
+from mammoclip.models.text import TextFeatureCache, TextTower
 
 
 class MammoCLIP(nn.Module):
@@ -44,6 +44,9 @@ class MammoCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         #: Folder that relative tokenizer sources are resolved against (set by ``load_checkpoint``).
         self.source_dir: Path | None = None
+        #: Set by :meth:`lock_text_tower` when the whole text tower is frozen.
+        self.text_cache: TextFeatureCache | None = None
+        self._text_frozen = False
 
     # --- properties --------------------------------------------------------------------------------
     @property
@@ -75,7 +78,9 @@ class MammoCLIP(nn.Module):
 
     # --- text --------------------------------------------------------------------------------------
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled text features before projection ``(B, T)``."""
+        """Pooled text features before projection ``(B, T)`` (memoised while the tower is locked)."""
+        if self.text_cache is not None:
+            return self.text_cache(self.text_tower, input_ids, attention_mask)
         return self.text_tower(input_ids, attention_mask)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -162,19 +167,35 @@ class MammoCLIP(nn.Module):
             for m in self._frozen_bn:
                 m.eval()
 
-    def lock_text_tower(self, unlocked_layers: int = 0) -> None:
-        """Freeze the text tower except its last ``unlocked_layers`` encoder layers."""
+    def lock_text_tower(self, unlocked_layers: int = 0, cache_features: bool = True) -> None:
+        """Freeze the text tower except its last ``unlocked_layers`` encoder layers.
+
+        A wholly frozen tower (``unlocked_layers=0``) also stays in eval mode (no dropout: the locked
+        tower of LiT is a fixed function) and, with ``cache_features``, memoises its features per
+        caption (:class:`~mammoclip.models.text.TextFeatureCache`), which makes locked-text training
+        on CPU several times cheaper at small image sizes.
+        """
         n = len(self.text_tower.encoder.encoder.layer)
         for p in self.text_tower.parameters():
             p.requires_grad_(False)
         for layer in self.text_tower.encoder.encoder.layer[n - unlocked_layers:] if unlocked_layers else []:
             for p in layer.parameters():
                 p.requires_grad_(True)
+        self._text_frozen = unlocked_layers == 0
+        self.text_cache = TextFeatureCache() if self._text_frozen and cache_features else None
+        self.train(self.training)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        if self.text_cache is not None:  # new text weights: the memo is stale
+            self.text_cache.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def train(self, mode: bool = True) -> MammoCLIP:
         super().train(mode)
         for m in getattr(self, "_frozen_bn", []):
             m.eval()
+        if getattr(self, "_text_frozen", False):
+            self.text_tower.eval()
         return self
 
     def extra_repr(self) -> str:
