@@ -25,6 +25,7 @@ Array transforms (:class:`BreastPreprocess`) come with a thin dictionary wrapper
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -200,8 +201,13 @@ _INTERP: dict[str, Callable[[], int]] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def _area_weights(src_size: int, dst_size: int, *, reverse: bool = False) -> Any:
     """Sparse ``(dst_size, src_size)`` matrix of OpenCV's INTER_AREA weights along one axis.
+
+    Cached: a batch sees few distinct sizes (the output size is fixed; crops vary, the segmentation
+    copy of one detector size does not), and building the matrix costs ~0.1 ms per axis. The
+    matrices are only ever read.
 
     A port of OpenCV's ``computeResizeAreaTab`` (imgproc/resize.cpp), including its 1e-3 cut-off of
     tiny partial overlaps, so the result matches ``cv2.resize(..., INTER_AREA)`` to float rounding.
@@ -232,7 +238,8 @@ def _area_weights(src_size: int, dst_size: int, *, reverse: bool = False) -> Any
     return csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(dst_size, src_size))
 
 
-def resize_area(image: np.ndarray, width: int, height: int, *, flip: bool = False) -> np.ndarray:
+def resize_area(image: np.ndarray, width: int, height: int, *, flip: bool = False,
+                transposed: bool = False) -> np.ndarray:
     """``cv2.resize(image, (width, height), interpolation=INTER_AREA)`` in float32, ~3x faster.
 
     OpenCV's area resize is vectorised only for integer factors; for the usual case (a breast crop
@@ -247,9 +254,13 @@ def resize_area(image: np.ndarray, width: int, height: int, *, flip: bool = Fals
         image: ``(H, W)`` array, any real dtype (converted to float32).
         width, height: Output size.
         flip: Mirror the result horizontally (free: folded into the weights).
+        transposed: Return the result transposed, ``(width, height)``: the layout the horizontal
+            pass produces, so a caller that goes on with elementwise work (window, cast) can do it
+            there and transpose a smaller 8/16-bit array instead of this float32 one.
 
     Returns:
-        ``(height, width)`` float32, C-contiguous.
+        ``(height, width)`` float32 (``(width, height)`` when ``transposed``), C-contiguous, always a
+        new array (same size goes through OpenCV), so callers may modify it in place.
     """
     import cv2
 
@@ -257,13 +268,15 @@ def resize_area(image: np.ndarray, width: int, height: int, *, flip: bool = Fals
     src = np.asarray(image, dtype=np.float32)
     if height > h or width > w or (h % height == 0 and w % width == 0):
         src = np.ascontiguousarray(src[:, ::-1] if flip else src)  # upscaling is not mirror-symmetric
-        return cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA)
+        return cv2.transpose(out) if transposed else out
     src = np.ascontiguousarray(src)
     if height != h:
         src = _area_weights(h, height) @ src  # (height, W)
     if width == w and not flip:
-        return src
-    return cv2.transpose(_area_weights(w, width, reverse=flip) @ cv2.transpose(src))  # (height, width)
+        return cv2.transpose(src) if transposed else src
+    out_t = _area_weights(w, width, reverse=flip) @ cv2.transpose(src)  # (width, height)
+    return out_t if transposed else cv2.transpose(out_t)
 
 
 def map_codes(codes: np.ndarray, lut: np.ndarray | None) -> np.ndarray:
@@ -307,6 +320,22 @@ def _to_uint8(small: np.ndarray) -> np.ndarray:
     return np.clip((small - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
 
 
+def _largest_component(binary: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """Label image and label of the largest 8-connected component of a 0/1 uint8 image (None: empty).
+
+    Areas come from a ``bincount`` of the labels: ``connectedComponentsWithStats`` computes the same
+    areas (and boxes and centroids nobody reads) at ~6x the cost of the labelling itself. Same
+    labelling algorithm, same labels, and ``argmax`` breaks ties towards the lower label as before.
+    """
+    import cv2
+
+    n, labels = cv2.connectedComponents(binary, connectivity=8)  # labels: (h, w) int32
+    if n <= 1:
+        return None
+    areas = np.bincount(labels.ravel(), minlength=n)
+    return labels, 1 + int(np.argmax(areas[1:]))
+
+
 def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
                    margin: float = CROP_MARGIN_FRACTION, lut: np.ndarray | None = None) -> Segmentation:
     """Find the breast: Otsu threshold + opening + largest component + regrowth, on a small copy.
@@ -335,29 +364,33 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
     u8 = _to_uint8(small)
     thr, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Otsu splits background from dense tissue; the fatty skin edge sits between, so lower it.
-    fg = u8 > max(1.0, 0.5 * thr)
+    # Every mask below is uint8 0/1 (cv2 works on it in place of numpy bool temporaries); on a
+    # uint8 image ``u8 > t`` is ``u8 > floor(t)``, which is what cv2.threshold computes.
+    _, fg = cv2.threshold(u8, max(1.0, 0.5 * thr), 1, cv2.THRESH_BINARY)
     r = max(1, round(SEGMENT_OPEN_FRACTION * max(sh, sw)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    core = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, kernel)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
-    if n <= 1:
-        core = fg.astype(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
-    if n <= 1:
+    core = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
+    largest = _largest_component(core)
+    if largest is None:
+        core = fg
+        largest = _largest_component(core)
+    if largest is None:
         return Segmentation(0, 0, w, h, "left", np.ones((sh, sw), dtype=bool))
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    comp = (labels == largest).astype(np.uint8)
-    mask = cv2.dilate(comp, kernel).astype(bool) & fg
-    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))  # occupied rows/cols
+    labels, label = largest
+    comp = cv2.compare(labels, label, cv2.CMP_EQ)  # (sh, sw) uint8 0/255
+    mask = cv2.bitwise_and(cv2.dilate(comp, kernel), fg)  # (sh, sw) uint8 0/1
+    bx, by, bw, bh = cv2.boundingRect(mask)  # box of the nonzero pixels, exclusive end = bx + bw
     # Back to original pixels (each small pixel covers 1/f original pixels), plus the margin.
     mx, my = margin * w, margin * h
-    x0 = max(0, int(np.floor(xs[0] / f - mx)))
-    x1 = min(w, int(np.ceil((xs[-1] + 1) / f + mx)))
-    y0 = max(0, int(np.floor(ys[0] / f - my)))
-    y1 = min(h, int(np.ceil((ys[-1] + 1) / f + my)))
-    left_area = int(mask[:, : sw // 2].sum())
-    right_area = int(mask[:, sw - sw // 2:].sum())
+    x0 = max(0, int(np.floor(bx / f - mx)))
+    x1 = min(w, int(np.ceil((bx + bw) / f + mx)))
+    y0 = max(0, int(np.floor(by / f - my)))
+    y1 = min(h, int(np.ceil((by + bh) / f + my)))
+    half = sw // 2
+    left_area = cv2.countNonZero(mask[:, :half]) if half else 0
+    right_area = cv2.countNonZero(mask[:, sw - half:]) if half else 0
     side = "left" if left_area >= right_area else "right"
+    mask = mask.view(bool)  # 0/1 bytes are valid bools: no copy
     return Segmentation(x0, y0, x1, y1, side, mask)
 
 
@@ -427,21 +460,39 @@ WINDOWS: dict[str, Callable[[np.ndarray], tuple[float, float]]] = {
 }
 
 
-def to_unit(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Scale to [0, 1] float32 with clipping; a flat image gives zeros."""
+def to_unit(image: np.ndarray, lo: float, hi: float, *, inplace: bool = False) -> np.ndarray:
+    """Scale to [0, 1] float32 with clipping; a flat image gives zeros.
+
+    Args:
+        inplace: Overwrite ``image`` when it is float32 (the caller owns it) instead of copying.
+    """
     scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    out = image.astype(np.float32)  # the one copy; the rest is in place
+    out = image if inplace and image.dtype == np.float32 else image.astype(np.float32)
     out -= np.float32(lo)
     out *= np.float32(scale)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def to_bits(unit: np.ndarray, bits: int) -> np.ndarray:
-    """[0, 1] float -> uint8 or uint16, rounding to nearest."""
+def to_bits(unit: np.ndarray, bits: int, *, inplace: bool = False) -> np.ndarray:
+    """[0, 1] float -> uint8 or uint16, rounding to nearest.
+
+    Args:
+        inplace: Scale ``unit`` in place (float32 only; the caller owns it) instead of a new array.
+    """
     if bits not in (8, 16):
         raise ConfigError(f"bits must be 8 or 16, got {bits}")
-    scaled = unit * np.float32(2**bits - 1)
+    if inplace and unit.dtype == np.float32:
+        scaled = unit
+        scaled *= np.float32(2**bits - 1)
+    else:
+        scaled = unit * np.float32(2**bits - 1)
     return np.rint(scaled, out=scaled).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+#: Dtypes whose values convert to float32 exactly, so min/max of the codes are min/max of the
+#: float values: the min-max window can then read the (half as large) integer crop.
+_EXACT_IN_FLOAT32: tuple[np.dtype[Any], ...] = tuple(
+    np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32))
 
 
 @dataclass(frozen=True)
@@ -491,14 +542,25 @@ class BreastPreprocess:
                *, lut: np.ndarray | None = None) -> np.ndarray:
         """Crop, window, resize and cast ``image`` along a planned ``record`` (the part after :meth:`plan`)."""
         crop = image[record.crop_y0:record.crop_y1, record.crop_x0:record.crop_x1]
+        if window_range is None and lut is None and self.window == "minmax" and crop.dtype in _EXACT_IN_FLOAT32:
+            window_range = _window_minmax(crop)  # on the codes: same extremes, half the bytes read
         # The only full-resolution float32 array is the crop's (a view when the input already is).
         values = map_codes(crop, lut)
         lo, hi = window_range if window_range is not None else WINDOWS[self.window](values)
         # Resize the raw crop in float, then window the small result: area resizing is linear, so
         # this equals windowing first (up to where the window clips) at a fraction of the cost.
         # One cast at the very end: no wrap, one rounding.
+        nw, nh = round(record.crop_width * record.scale_x), round(record.crop_height * record.scale_y)
+        if (nh, nw) == (record.height, record.width) and nh < record.crop_height and nw < record.crop_width:
+            # No padding (stretch), shrinking (the sparse passes, not OpenCV): work in their layout.
+            import cv2
+
+            small_t = resize_area(values, nw, nh, flip=record.flipped, transposed=True)  # (W, H)
+            # Elementwise window and cast commute with the transpose: transpose the 8/16-bit result.
+            return cv2.transpose(to_bits(to_unit(small_t, lo, hi, inplace=True), self.bits, inplace=True))
         small = record.apply_cropped(values, interpolation="area")
-        return to_bits(to_unit(small, lo, hi), self.bits)
+        # The area resize always returns a new array (never a view of ``image``): scale it in place.
+        return to_bits(to_unit(small, lo, hi, inplace=True), self.bits, inplace=True)
 
 
 @dataclass(frozen=True)
