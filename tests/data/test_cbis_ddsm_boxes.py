@@ -67,7 +67,10 @@ def cbis(tmp_path: Path) -> Path:
          "Mass-Training_P_00003_LEFT_CC/1.1/1.2/000000.dcm", "nowhere/crop.dcm", "nowhere/mask.dcm"],
         ["P_00004", 2, "LEFT", "MLO", 1, "mass", "OVAL", "CIRCUMSCRIBED", 2, "BENIGN", 2, c_full,
          "nowhere/crop.dcm", "small_mask.dcm"],
+        ["P_00004", 2, "LEFT", "MLO", 2, "mass", "OVAL", "CIRCUMSCRIBED", 2, "BENIGN", 2, c_full,
+         "", "corrupt_mask.dcm"],  # a truncated download
     ]
+    (root / "corrupt_mask.dcm").write_bytes(b"DICM" + bytes(100))
     pd.DataFrame(rows, columns=COLS).to_csv(root / "mass_case_description_train_set.csv", index=False)
     return root
 
@@ -96,10 +99,11 @@ def test_boxes_from_roi_masks(cbis: Path, caplog: pytest.LogCaptureFixture) -> N
     # missing and wrong-size masks: skipped, logged, listed; nothing else lost
     assert len(boxes) == 3
     skipped = bundle.boxes.attrs["skipped"]
-    assert len(skipped) == 2
+    assert len(skipped) == 3
     assert "P_00003" in skipped[0] and "not found" in skipped[0]
-    assert "P_00004" in skipped[1] and "200x128 differs from the image's 400x256" in skipped[1]
-    assert sum("box skipped" in r.message for r in caplog.records) == 2
+    assert "P_00004_LEFT_MLO_1" in skipped[1] and "200x128 differs from the image's 400x256" in skipped[1]
+    assert "P_00004_LEFT_MLO_2" in skipped[2] and "corrupt_mask.dcm" in skipped[2]
+    assert sum("box skipped" in r.message for r in caplog.records) == 3
     assert len(bundle.images) == 4  # images are listed whether or not their masks are usable
 
 
