@@ -42,6 +42,8 @@ COLUMNS = ("patient_id", "left or right breast", "image view", "abnormality type
 #: dataset sometimes swaps with it. Both optional: without them no boxes are made.
 MASK_COLUMNS: tuple[str, ...] = ("ROI mask file path", "cropped image file path")
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+#: Skipped masks logged one by one; beyond this, one summary line (the full list is kept).
+MAX_LOGGED: int = 10
 
 
 def abnormality_label(kind: str) -> str:
@@ -201,8 +203,11 @@ def _boxes(rows: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[str]]:
         box_rows.append({"image_id": iid, "label": abnormality_label(str(kind)),
                          "xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3], "space": "original",
                          "finding_id": finding, "pathology": str(pathology).strip().upper()})
-    for reason in skipped:
+    for reason in skipped[:MAX_LOGGED]:
         log.warning("CBIS-DDSM box skipped: %s", reason)
+    if len(skipped) > MAX_LOGGED:  # e.g. CSVs without the images: one line, not thousands
+        log.warning("CBIS-DDSM: %d more boxes skipped (%d of %d in all); every reason is in "
+                    "bundle.boxes.attrs['skipped']", len(skipped) - MAX_LOGGED, len(skipped), len(rows))
     if not box_rows:
         return empty_boxes(), skipped
     return pd.DataFrame(box_rows, columns=[*BOX_COLUMNS, "finding_id", "pathology"]), skipped
