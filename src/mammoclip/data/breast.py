@@ -377,7 +377,7 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
     if largest is None:
         return Segmentation(0, 0, w, h, "left", np.ones((sh, sw), dtype=bool))
     labels, label = largest
-    comp = cv2.compare(labels, label, cv2.CMP_EQ)  # (sh, sw) uint8 0/255
+    comp = (labels == label).view(np.uint8)  # (sh, sw) uint8 0/1 (bool bytes, no copy)
     mask = cv2.bitwise_and(cv2.dilate(comp, kernel), fg)  # (sh, sw) uint8 0/1
     bx, by, bw, bh = cv2.boundingRect(mask)  # box of the nonzero pixels, exclusive end = bx + bw
     # Back to original pixels (each small pixel covers 1/f original pixels), plus the margin.

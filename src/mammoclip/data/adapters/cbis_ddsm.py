@@ -269,7 +269,7 @@ class CbisDdsmAdapter:
             images[col] = images[col].astype("Int64")
         images["split"] = one_split_per_patient(images["patient_id"], images["split"])
         images["split"] = carve_val(images["patient_id"], images["split"], seed=seed)
-        box_table, skipped = empty_boxes(), []
+        box_table, skipped = empty_boxes(), list[str]()
         if boxes:
             box_table, skipped = _boxes(rows, source)
         box_table.attrs["skipped"] = skipped
