@@ -12,7 +12,7 @@ full image's grid), not a box. Each mask becomes one box in ``original`` pixels,
 all its nonzero pixels (several blobs, e.g. a calcification cluster, give one box around the whole
 ROI), labelled ``mass`` or ``calcification`` with the abnormality's ``pathology``; preprocessing then
 maps it like any other box. The dataset's CSVs sometimes swap ``ROI mask file path`` and
-``cropped image file path`` (Lee et al. 2017's release; widely reported), so both files are
+``cropped image file path`` (a known quirk of the release), so both files are
 candidates and the mask is the one that has the full image's size and only two values. A
 missing or unreadable mask, or one whose size differs from the image's, is logged and skipped
 (listed in ``bundle.boxes.attrs["skipped"]``), never fatal.
