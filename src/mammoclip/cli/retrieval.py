@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mammoclip.cli.zeroshot import add_model_args, load_manifest, load_model, print_summary
+from mammoclip.cli._options import add_model_args, load_manifest, load_model, print_summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,64 +1,30 @@
-"""``mammoclip zeroshot``: prompt-ensemble zero-shot classification of a manifest.
-
-Also holds the options every evaluation command shares (model, manifest, data loading), which
-``retrieval``, ``probe``, ``finetune`` and ``embed`` import from here.
-"""
+"""``mammoclip zeroshot``: prompt-ensemble zero-shot classification of a manifest."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
-
-def add_model_args(parser: argparse.ArgumentParser, *, manifest: bool = True) -> None:
-    """Options shared by the evaluation commands."""
-    parser.add_argument("--checkpoint", required=True,
-                        help="checkpoint directory or registry model name (see `mammoclip models list`)")
-    if manifest:
-        parser.add_argument("--manifest", required=True, help="manifest.csv (or its folder)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--allow-resize", action="store_true",
-                        help="resize images whose size differs from the model's input instead of failing")
-
-
-def load_model(args: argparse.Namespace) -> Any:
-    """The model named by ``--checkpoint``, on ``--device``, in eval mode."""
-    import torch
-
-    from mammoclip.evaluate.features import resolve_model
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_model(args.checkpoint).to(device).eval()
-
-
-def load_manifest(args: argparse.Namespace) -> Any:
-    """The bundle named by ``--manifest``."""
-    from mammoclip.data.manifest import load_bundle
-
-    return load_bundle(args.manifest)
-
-
-def print_summary(results: dict[str, Any], out: str | None) -> None:
-    """One JSON line of headline numbers (and where the run directory is)."""
-    line = dict(results.get("summary", {}))
-    if out:
-        line["out"] = str(out)
-    print(json.dumps(line))
+from mammoclip.cli._options import (
+    add_aggregate_arg,
+    add_model_args,
+    add_n_boot_arg,
+    add_task_arg,
+    load_manifest,
+    load_model,
+    print_summary,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``zeroshot``."""
     p = subparsers.add_parser("zeroshot", help="zero-shot classification with prompt ensembles (per image and per breast)")
     add_model_args(p)
-    p.add_argument("--task", required=True, help="mass|calcification|distortion|asymmetry|malignancy|density|birads")
+    add_task_arg(p)
     p.add_argument("--prompts", default="ensemble", help="paper | ensemble | JSON file {class: [prompts]}")
     p.add_argument("--split", default="test", help="train|val|test|all")
-    p.add_argument("--aggregate", default="max", choices=("max", "mean"), help="per-breast view aggregation")
+    add_aggregate_arg(p)
     p.add_argument("--logit-scale", action="store_true", help="scale similarities by the model's temperature")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the 95%% CIs")
+    add_n_boot_arg(p)
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=_run)
 
