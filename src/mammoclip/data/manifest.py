@@ -155,10 +155,10 @@ def validate_manifest(df: pd.DataFrame, *, check_files: bool = False, root: Path
 
     if check_files:
         base = root or Path(".")
-        for idx, p in enumerate(df["path"].astype(str)):
+        for row, p in enumerate(df["path"].astype(str)):
             path = Path(p) if Path(p).is_absolute() else base / p
             if not path.exists():
-                problems.append(Problem(idx, "path", f"file not found: {path}"))
+                problems.append(Problem(row, "path", f"file not found: {path}"))
     return problems
 
 

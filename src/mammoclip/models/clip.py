@@ -19,7 +19,7 @@ from torch import nn
 
 from mammoclip.constants import MAX_LOGIT_SCALE
 from mammoclip.models.config import MammoClipCfg, PreprocessCfg
-from mammoclip.models.image import ImageTower
+from mammoclip.models.image import ImageTower, efficientnet_stages
 from mammoclip.models.text import TextFeatureCache, TextTower
 
 
@@ -156,7 +156,7 @@ class MammoCLIP(nn.Module):
         trunk = self.image_tower.trunk
         frozen: list[nn.Module] = [self.image_tower]
         if unlocked_groups:
-            stages = list(trunk.blocks)
+            stages = efficientnet_stages(trunk)
             frozen = [m for n, m in trunk.named_children() if n not in ("blocks", "conv_head", "bn2")]
             frozen += stages[: len(stages) - unlocked_groups]
         for module in frozen:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import Any, Literal, Protocol, cast
 
 import timm
 import torch
@@ -165,7 +166,7 @@ def lukemelas_to_timm(state_dict: dict[str, torch.Tensor], trunk: nn.Module) -> 
         CheckpointError: For a key that has no timm counterpart (names the key).
     """
     flat: list[tuple[str, dict[str, str]]] = []
-    for s, stage in enumerate(trunk.blocks):
+    for s, stage in enumerate(efficientnet_stages(trunk)):
         for i, block in enumerate(stage):
             flat.append((f"blocks.{s}.{i}", _DS if isinstance(block, DepthwiseSeparableConv) else _IR))
     out: dict[str, torch.Tensor] = {}
@@ -185,12 +186,42 @@ def lukemelas_to_timm(state_dict: dict[str, torch.Tensor], trunk: nn.Module) -> 
     return out
 
 
+def efficientnet_stages(trunk: nn.Module) -> list[nn.Sequential]:
+    """The stages of a timm EfficientNet trunk (``trunk.blocks``), in execution order.
+
+    timm builds ``blocks`` as an ``nn.Sequential`` whose items are the stages, each an ``nn.Sequential``
+    of blocks; the casts only tell the type checker so (``nn.Module``'s stubs type an unknown attribute
+    as ``Tensor | Module``).
+    """
+    return [cast(nn.Sequential, stage) for stage in cast(nn.Sequential, trunk.blocks)]
+
+
 def fold_first_conv(weight: torch.Tensor) -> torch.Tensor:
     """Sum an RGB first-conv kernel over its input channels: exact for replicated grayscale input."""
     return weight.sum(dim=1, keepdim=True)  # (O, 3, k, k) -> (O, 1, k, k)
 
 
 # --- the tower -------------------------------------------------------------------------------------
+
+
+class TimmEncoder(Protocol):
+    """The part of timm's model interface the tower calls; every timm classification model has it.
+
+    ``timm.create_model`` returns a plain ``nn.Module``, whose stubs type any other attribute as
+    ``Tensor | Module``; the tower reaches these methods through ``ImageTower._timm``, typed
+    with this protocol.
+    """
+
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, *,
+                              intermediates_only: Literal[True], **kwargs: Any) -> list[torch.Tensor]: ...
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None: ...
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None: ...
 
 
 class ImageTower(nn.Module):
@@ -208,8 +239,9 @@ class ImageTower(nn.Module):
         if cfg.drop_path_rate:
             kwargs["drop_path_rate"] = cfg.drop_path_rate
         # "timm" = timm's default tag for model_name; "timm:NAME.TAG" = that tag (hub, needs network).
-        from_timm = cfg.pretrained is not None and (cfg.pretrained == "timm" or cfg.pretrained.startswith("timm:"))
-        timm_name = cfg.pretrained.split(":", 1)[1] if from_timm and ":" in cfg.pretrained else cfg.model_name
+        spec = cfg.pretrained
+        from_timm = spec is not None and (spec == "timm" or spec.startswith("timm:"))
+        timm_name = spec.split(":", 1)[1] if spec is not None and spec.startswith("timm:") else cfg.model_name
         try:
             self.trunk = timm.create_model(
                 timm_name, pretrained=pretrained and from_timm, num_classes=0, global_pool="",
@@ -232,7 +264,12 @@ class ImageTower(nn.Module):
             raise ConfigError(f"unknown image pool {cfg.pool!r}; known: {list_image_pools()}")
         self.pool = _POOLS[cfg.pool]()
         self.dropout = nn.Dropout(cfg.dropout)
-        self.num_features: int = int(self.trunk.num_features)
+        self.num_features: int = int(self._timm.num_features)
+
+    @property
+    def _timm(self) -> TimmEncoder:
+        """The trunk seen through timm's encoder interface (the same object as :attr:`trunk`)."""
+        return cast(TimmEncoder, self.trunk)
 
     def load_pretrained_file(self, spec: str) -> None:
         """Load a state-dict file (timm or lukemelas layout) into the trunk, strictly.
@@ -275,12 +312,12 @@ class ImageTower(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final feature map after the conv head, ``(B, C, h, w)`` (48x29 for 1520x912)."""
-        return self.trunk.forward_features(self._to_input(x))
+        return self._timm.forward_features(self._to_input(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
                               **kwargs) -> list[torch.Tensor]:
         """Intermediate feature maps (for an FPN), via timm's ``forward_intermediates``."""
-        return self.trunk.forward_intermediates(
+        return self._timm.forward_intermediates(
             self._to_input(x), indices=indices, intermediates_only=True, **kwargs)
 
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -291,8 +328,8 @@ class ImageTower(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.trunk.set_grad_checkpointing(enable)
+        self._timm.set_grad_checkpointing(enable)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Kept for timm's interface; the tower itself never has a classifier."""
-        self.trunk.reset_classifier(num_classes, global_pool="")
+        self._timm.reset_classifier(num_classes, global_pool="")

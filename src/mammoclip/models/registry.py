@@ -38,11 +38,14 @@ def register_model_config(name: str, config: dict[str, Any] | MammoClipCfg | str
         name: Registry name.
         config: A config dict, a :class:`MammoClipCfg`, or the path of a JSON file.
     """
+    raw: dict[str, Any]
     if isinstance(config, (str, Path)):
-        config = json.loads(Path(config).read_text(encoding="utf-8"))
-    if isinstance(config, MammoClipCfg):
-        config = config.to_dict()
-    d = copy.deepcopy(config)
+        raw = json.loads(Path(config).read_text(encoding="utf-8"))
+    elif isinstance(config, MammoClipCfg):
+        raw = config.to_dict()
+    else:
+        raw = config
+    d = copy.deepcopy(raw)
     d["name"] = name
     MammoClipCfg.from_dict(copy.deepcopy(d))
     _MODEL_CONFIGS[name] = d

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from mammoclip.errors import ConfigError
-from mammoclip.models.config import TextTowerCfg
+from mammoclip.models.config import MammoClipCfg, TextTowerCfg
 from mammoclip.models.pretrained import offline, resolve_source
 
 # --- pooling registry ------------------------------------------------------------------------------
@@ -272,8 +272,11 @@ def get_tokenizer(model_or_name: Any) -> Tokenizer:
             or a registry name.
     """
     base_dir = None
+    cfg: MammoClipCfg
     if isinstance(model_or_name, nn.Module):
-        cfg, base_dir = model_or_name.cfg, getattr(model_or_name, "source_dir", None)
+        # nn.Module types unknown attributes as Tensor | Module; a MammoCLIP's cfg is a plain attribute.
+        cfg = cast(MammoClipCfg, model_or_name.cfg)
+        base_dir = getattr(model_or_name, "source_dir", None)
     elif isinstance(model_or_name, str):
         from mammoclip.models.registry import resolve_config  # the registry imports this module
 
