@@ -38,11 +38,11 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 demo: $(VENV)/.installed-all
 	$(VENV)/bin/mammoclip demo --out demo-output
 
-# The report test opens the demo's HTML in a real browser: Debian's Chromium and its driver.
+# The report test opens the demo's HTML in a real browser: Debian's Chromium and its driver. When PATH has
+# none, they are unpacked under .venv/browser (apt state redirected there, nothing installed system-wide);
+# only if that fails does the script fall back to `apt-get install`, saying so.
 browser-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-	  echo "installing chromium + chromium-driver (Debian packages) for the browser test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@bash scripts/install_browser.sh
 
 test: $(VENV)/.installed-test browser-deps
 	$(PY) -m pytest -q
