@@ -19,16 +19,29 @@ from mammoclip.evaluate.metrics import (
 )
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_binary_metrics_match_sklearn(seed: int) -> None:
+def _sklearn_sens_at_spec(y: np.ndarray, s: np.ndarray, spec: float) -> float:
+    fpr, tpr, _ = skm.roc_curve(y, s)
+    ok = fpr <= 1 - spec + 1e-12
+    return float(tpr[ok].max())
+
+
+# Rounding to 1 or 2 decimals makes many tied scores (sklearn's tie handling must be matched too).
+@pytest.mark.parametrize("seed,decimals,n", [(0, None, 300), (1, None, 300), (2, 2, 300), (3, 1, 300), (4, 1, 12),
+                                             (5, 2, 2000)])
+def test_binary_metrics_match_sklearn(seed: int, decimals: int | None, n: int) -> None:
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, 300)
-    s = np.clip(0.3 * y + rng.random(300) * 0.7, 0, 1)
+    y = rng.integers(0, 2, n)
+    y[:2] = (0, 1)
+    s = np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1)
+    if decimals is not None:
+        s = np.round(s, decimals)
     m = binary_metrics(y, s, threshold=0.5)
-    assert m["auc"] == pytest.approx(skm.roc_auc_score(y, s))
-    assert m["auprc"] == pytest.approx(skm.average_precision_score(y, s))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    assert m["auprc"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, s >= 0.5))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, s >= 0.5))
+    for spec in (0.5, 0.8, 0.9, 0.95, 1.0):
+        assert sensitivity_at_specificity(y, s, spec) == pytest.approx(_sklearn_sens_at_spec(y, s, spec), abs=1e-12)
 
 
 def test_binary_metrics_hand_made() -> None:

@@ -39,13 +39,35 @@ def _as_binary(y_true: np.ndarray) -> np.ndarray:
     return y
 
 
+def _binary_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive counts at each distinct score, highest first (as scikit-learn's
+    ``_binary_clf_curve``): one stable sort, then cumulative sums at the last row of each tie."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]  # last index of each distinct score
+    tps = np.cumsum(y_sorted)[last].astype(float)
+    fps = (last + 1) - tps
+    return fps, tps
+
+
+def _roc(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``fpr, tpr`` equal to ``sklearn.metrics.roc_curve(y, s)`` (collinear points dropped, (0, 0) first)."""
+    fps, tps = _binary_curve(y, s)
+    if len(fps) > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps = fps[keep], tps[keep]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    return fps / fps[-1], tps / tps[-1]
+
+
 def sensitivity_at_specificity(y_true: np.ndarray, y_score: np.ndarray, specificity: float = DEFAULT_SPECIFICITY) -> float:
     """Largest true-positive rate among thresholds whose specificity is at least ``specificity``.
 
-    scikit-learn has no such function; it is read off :func:`sklearn.metrics.roc_curve`.
+    scikit-learn has no such function; it is read off the ROC curve (the same points as
+    :func:`sklearn.metrics.roc_curve`).
     """
     y = _as_binary(y_true)
-    fpr, tpr, _ = skm.roc_curve(y, np.asarray(y_score, dtype=float))
+    fpr, tpr = _roc(y, np.asarray(y_score, dtype=float))
     ok = fpr <= 1.0 - specificity + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
@@ -99,18 +121,26 @@ def binary_metrics(
         ``auc``, ``auprc``, ``accuracy``, ``balanced_accuracy``, ``sensitivity_at_spec``, ``ece``
         (AUC-type metrics are NaN when only one class is present).
     """
+    # One sort serves AUC, AUPRC and the operating point. scikit-learn computes the same numbers
+    # (tests/evaluate/test_metrics.py checks it, ties included), but its per-call input validation
+    # made a 500-replicate patient bootstrap take ~10 ms per replicate; this is ~10x faster.
     y = _as_binary(y_true)
     s = np.asarray(y_score, dtype=float)
-    pred = (s >= threshold).astype(int)
-    both = len(np.unique(y)) == 2
-    return {
-        "auc": float(skm.roc_auc_score(y, s)) if both else float("nan"),
-        "auprc": float(skm.average_precision_score(y, s)) if both else float("nan"),
-        "accuracy": float(skm.accuracy_score(y, pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)) if both else float("nan"),
-        "sensitivity_at_spec": sensitivity_at_specificity(y, s, specificity) if both else float("nan"),
-        "ece": expected_calibration_error(y, s),
-    }
+    pred = s >= threshold
+    pos = y == 1
+    n_pos, n_neg = int(pos.sum()), int(len(y) - pos.sum())
+    both = n_pos > 0 and n_neg > 0
+    out = {"auc": float("nan"), "auprc": float("nan"), "accuracy": float(np.mean(pred == pos)) if len(y) else float("nan"),
+           "balanced_accuracy": float("nan"), "sensitivity_at_spec": float("nan"), "ece": expected_calibration_error(y, s)}
+    if both:
+        fps, tps = _binary_curve(y, s)
+        fpr, tpr = np.r_[0.0, fps] / n_neg, np.r_[0.0, tps] / n_pos
+        out["auc"] = float(np.trapezoid(tpr, fpr))
+        precision = tps / (tps + fps)
+        out["auprc"] = float(np.sum(np.diff(np.r_[0.0, tps / n_pos]) * precision))  # step-wise AP, as sklearn
+        out["balanced_accuracy"] = float((np.mean(pred[pos]) + np.mean(~pred[~pos])) / 2)
+        out["sensitivity_at_spec"] = sensitivity_at_specificity(y, s, specificity)
+    return out
 
 
 def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
