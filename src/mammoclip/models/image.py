@@ -265,6 +265,12 @@ class ImageTower(nn.Module):
         self.pool = _POOLS[cfg.pool]()
         self.dropout = nn.Dropout(cfg.dropout)
         self.num_features: int = int(self._timm.num_features)
+        # NHWC weights: oneDNN's depthwise and 1x1 convolutions (most of an EfficientNet) run ~2x
+        # faster on CPU in channels_last (lite 256x160: inference 42 -> 86 img/s, training step
+        # 15 -> 26 img/s on 2 cores), and it is the layout cuDNN prefers under AMP. Convolutions
+        # propagate the layout, so NCHW inputs need no conversion; feature maps come out NHWC-strided
+        # (use .reshape, not .view, on them). Copies into these parameters (load_state_dict) keep it.
+        self.trunk.to(memory_format=torch.channels_last)
 
     @property
     def _timm(self) -> TimmEncoder:
