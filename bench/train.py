@@ -2,8 +2,8 @@
 
 Measures, for one model / input size / batch:
 
-* ``model_step``: images/s of forward + loss + backward + AdamW step on one prepared batch held in
-  memory (no data loading at all);
+* ``model_step``: images/s of forward + loss + backward + AdamW step on batches held in memory (no
+  data loading at all): the same batches the loader yields, replayed;
 * ``full_step``: images/s of the whole training step fed by the real pipeline: DataLoader with
   ``--workers`` processes over a synthetic cohort (PNG decode, resize, augmentation, tokenisation,
   uint -> float normalisation on the device);
@@ -117,26 +117,40 @@ def throughput(args: argparse.Namespace) -> dict:
             yield from loader
             epoch += 1
 
+    # The model-alone pass replays the very batches the loader produces (same captions, token lengths
+    # and shapes; the dataset and sampler are seeded), so the difference between the passes is the data
+    # pipeline only. The batches are collected first and that loader is shut down, so no worker runs
+    # during a model-alone pass; the model-alone pass runs before and after the loader-fed one (the
+    # mean of the two), which spreads slow phases of a shared machine over both.
+    total = args.warmup + args.rounds * args.steps
     it = batches()
-    fixed = task.prepare(next(it), device)
-    imgs = task.num_items(fixed)
-    for _ in range(args.warmup):
-        _step(task, opt, fixed, autocast, None)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        _step(task, opt, fixed, autocast, None)
-    _sync(device)
-    model_ips = args.steps * imgs / (time.perf_counter() - t0)
+    replay = [task.prepare(next(it), device) for _ in range(total)]
+    del it
+    imgs = task.num_items(replay[0])
+    for batch in replay[: args.warmup]:
+        _step(task, opt, batch, autocast, None)
 
-    for _ in range(args.warmup):
+    def model_pass() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        for batch in replay[args.warmup:]:
+            _step(task, opt, batch, autocast, None)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    model_s = model_pass()
+    it = batches()
+    for _ in range(args.warmup):  # worker start-up and the first batches are not timed
         _step(task, opt, task.prepare(next(it), device), autocast, None)
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(total - args.warmup):
         _step(task, opt, task.prepare(next(it), device), autocast, None)
     _sync(device)
-    full_ips = args.steps * imgs / (time.perf_counter() - t0)
+    full_s = time.perf_counter() - t0
+    model_s = (model_s + model_pass()) / 2
+    n = (total - args.warmup) * imgs
+    model_ips, full_ips = n / model_s, n / full_s
 
     t0 = time.perf_counter()
     for _ in range(args.steps):
@@ -144,7 +158,7 @@ def throughput(args: argparse.Namespace) -> dict:
     loader_ips = args.steps * imgs / (time.perf_counter() - t0)
     return {"model_step_images_per_s": model_ips, "full_step_images_per_s": full_ips,
             "loader_only_images_per_s": loader_ips, "overhead": 1 - full_ips / model_ips,
-            "images_per_step": imgs, "cohort_breasts": n_items}
+            "images_per_step": imgs, "cohort_breasts": n_items, "rounds": args.rounds}
 
 
 def memory_variant(args: argparse.Namespace, variant: str) -> dict:
@@ -203,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="timed steps = rounds x steps")
     p.add_argument("--patients", type=int, default=None)
     p.add_argument("--cohort", default=None, help="existing manifest (default: generate a synthetic cohort)")
     p.add_argument("--augment", default="paper")
