@@ -30,20 +30,20 @@ DEMO_TASKS: tuple[str, ...] = ("mass", "calcification")
 
 @dataclass
 class DemoConfig:
-    """Settings of one demo run. The defaults finish in about 10 minutes on 2 CPU cores."""
+    """Settings of one demo run. The defaults finish in under 10 minutes on 2 CPU cores."""
 
     #: Output folder (cohort, preprocessed images, runs, ``index.html``).
     out: Path = Path("demo-output")
     #: Synthetic patients (4 images each).
-    patients: int = 160
+    patients: int = 300
     #: Size of the generated DICOMs, (H, W): small "detector" images keep the demo fast.
     dicom_size: tuple[int, int] = (640, 384)
     #: Model input size (H, W) the DICOMs are preprocessed to.
     image_size: tuple[int, int] = (256, 160)
     #: Pre-training epochs and batch size.
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 16
-    lr: float = 2e-4
+    lr: float = 5e-4
     #: Freeze the text tower during pre-training (only the image side and projections learn).
     lock_text: bool = True
     #: Label fractions and seeds of the linear probes.
@@ -75,8 +75,10 @@ class DemoConfig:
                    batch_size=8, fractions=(0.5, 1.0), seeds=(0,), n_boot=50)
 
 
-# Seconds per unit measured on a 2-core machine, for the up-front estimate (bench/RESULTS.md).
-_COST = {"synth": 0.05, "preprocess": 0.02, "train": 0.25, "infer": 0.02, "probe_fit": 0.4}
+# Seconds per unit of the default demo on a quiet 2-core machine (bench/RESULTS.md, "Demo"): per
+# generated image (640x384 DICOM, 2 workers), per preprocessed image, per pre-training image at
+# 256x160 (validation included), per inferred image at 256x160, per probe fit (C grid of 5).
+_COST = {"synth": 0.021, "preprocess": 0.01, "train": 0.047, "infer": 0.0125, "probe_fit": 0.75}
 
 
 def estimate_seconds(cfg: DemoConfig) -> float:
@@ -84,10 +86,12 @@ def estimate_seconds(cfg: DemoConfig) -> float:
     images = 4 * cfg.patients
     pixels = cfg.image_size[0] * cfg.image_size[1] / (256 * 160)
     breasts_train = 2 * cfg.patients * 0.7
+    test_images = images * 0.2
     return (images * _COST["synth"] * cfg.dicom_size[0] * cfg.dicom_size[1] / (640 * 384)
             + images * _COST["preprocess"]
             + cfg.epochs * breasts_train * 2 * _COST["train"] * pixels
-            + (len(DEMO_TASKS) * 2 + len(cfg.inits)) * images * _COST["infer"] * pixels
+            + len(DEMO_TASKS) * 2 * test_images * _COST["infer"] * pixels  # zero-shot, two inits
+            + len(cfg.inits) * images * _COST["infer"] * pixels  # probe features, cached across tasks
             + len(DEMO_TASKS) * len(cfg.inits) * len(cfg.fractions) * len(cfg.seeds) * _COST["probe_fit"]
             + 20)
 
@@ -144,7 +148,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
             None, None,
             task="pretrain",
             # The MiniLM text tower is already a good sentence encoder: keep it locked (LiT-style) and
-            # let the image tower and both projections learn; this makes a CPU epoch ~2x cheaper.
+            # let the image tower and both projections learn; its features are then memoised per
+            # caption, which makes a CPU epoch several times cheaper (docs/training.md).
             model={"name": "mammoclip-lite", "pretrained": True, "lock_text": cfg.lock_text},
             data={"image_text": [str(prep.manifest)], "image_size": list(cfg.image_size), "augment": "light",
                   "text_augment": "shuffle,lexicon:p=0.5"},
