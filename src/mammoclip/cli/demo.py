@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 
 
+def _default(name: str) -> object:
+    """A :class:`~mammoclip.demo.DemoConfig` default, so the help text cannot drift from the code."""
+    from mammoclip.demo import DemoConfig
+
+    return DemoConfig.__dataclass_fields__[name].default
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on a synthetic cohort and write an HTML report",
                        description="Synthesize a cohort, write DICOMs, preprocess, pre-train mammoclip-lite, "
                                    "evaluate (zero-shot, linear probes vs baselines) and write index.html.")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--patients", type=int, default=None, help="synthetic patients (default 160; 4 images each)")
-    p.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default 6)")
-    p.add_argument("--workers", type=int, default=None, help="processes for synthesis/preprocessing (default 2)")
-    p.add_argument("--seed", type=int, default=None, help="cohort seed (default 0)")
+    p.add_argument("--patients", type=int, default=None, help=f"synthetic patients (default {_default('patients')}; 4 images each)")
+    p.add_argument("--epochs", type=int, default=None, help=f"pre-training epochs (default {_default('epochs')})")
+    p.add_argument("--workers", type=int, default=None, help=f"processes for synthesis/preprocessing (default {_default('workers')})")
+    p.add_argument("--seed", type=int, default=None, help=f"cohort seed (default {_default('seed')})")
     p.add_argument("--quick", action="store_true", help="a tiny run through every stage (about a minute)")
     p.set_defaults(func=_run)
 
