@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mammoclip.data.manifest import Bundle
-from mammoclip.errors import DataError
+from mammoclip.errors import ConfigError, DataError
 from mammoclip.evaluate.features import cached_features, check_image_size
 from mammoclip.evaluate.metrics import (
     DEFAULT_BOOTSTRAP,
@@ -170,6 +170,19 @@ def test_predictions(images: pd.DataFrame, labels: np.ndarray, spec: TaskSpec, p
     return pf
 
 
+def sweep_inputs(bundle: Bundle, task: str | TaskSpec, inits: Sequence[str]) -> tuple[TaskSpec, Bundle, np.ndarray]:
+    """What a probe or fine-tune sweep starts from: the task spec, the manifest rows that carry its
+    label, and their label indices ``(N,)``. Unknown initialisations are refused here, once for both."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    unknown = sorted(set(inits) - set(INITS))
+    if unknown:
+        raise ConfigError(f"unknown --init {unknown}; choose from {INITS}")
+    images = bundle.images.reset_index(drop=True)
+    labels = task_labels(images, spec)
+    keep = labels >= 0
+    return spec, Bundle(images[keep].reset_index(drop=True), bundle.boxes, bundle.reports, bundle.root), labels[keep]
+
+
 def run_probe(
     model_factory: Callable[[str], Any],
     bundle: Bundle,
@@ -210,15 +223,7 @@ def run_probe(
     Returns:
         The results dict (as written to ``results.json``).
     """
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
-    unknown = sorted(set(inits) - set(INITS))
-    if unknown:
-        raise DataError(f"unknown --init {unknown}; choose from {INITS}")
-    images = bundle.images.reset_index(drop=True)
-    labels = task_labels(images, spec)
-    used = labels >= 0
-    sub = Bundle(images[used].reset_index(drop=True), bundle.boxes, bundle.reports, bundle.root)
-    labels = labels[used]
+    spec, sub, labels = sweep_inputs(bundle, task, inits)
     out = Path(out_dir) if out_dir is not None else None
     if cache_dir is None and out is not None:
         cache_dir = out / "cache"

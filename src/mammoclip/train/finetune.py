@@ -34,9 +34,9 @@ from mammoclip.evaluate.metrics import (
     evaluate_predictions,
     multiclass_metrics,
 )
-from mammoclip.evaluate.probe import INITS, test_predictions
+from mammoclip.evaluate.probe import test_predictions
 from mammoclip.evaluate.splits import DEFAULT_VAL_FRACTION, assert_disjoint, carve_validation, sample_patients
-from mammoclip.evaluate.tasks import TaskSpec, get_task, task_labels
+from mammoclip.evaluate.tasks import TaskSpec
 from mammoclip.train.config import LoopConfig, OptimConfig
 from mammoclip.train.loop import CHECKPOINT_DIR, fit
 from mammoclip.train.tasks import Task, register_task
@@ -294,18 +294,10 @@ def run_finetune(
     Returns:
         The results dict (as written to ``results.json``).
     """
-    from mammoclip.evaluate.probe import write_classifier_run
+    from mammoclip.evaluate.probe import sweep_inputs, write_classifier_run
 
     cfg = cfg or FinetuneConfig()
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
-    unknown = sorted(set(inits) - set(INITS))
-    if unknown:
-        raise ConfigError(f"unknown --init {unknown}; choose from {INITS}")
-    images = bundle.images.reset_index(drop=True)
-    labels = task_labels(images, spec)
-    keep = labels >= 0
-    sub = Bundle(images[keep].reset_index(drop=True), bundle.boxes, bundle.reports, bundle.root)
-    labels = labels[keep]
+    spec, sub, labels = sweep_inputs(bundle, task, inits)
     out = Path(out_dir)
     rows, frames, metrics = [], [], {}
     top = max(fractions)
