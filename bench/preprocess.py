@@ -80,6 +80,10 @@ def stage_breakdown(paths: list[Path], size: tuple[int, int], out: Path) -> dict
     transform = BreastPreprocess(size, window="minmax")
     acc = dict.fromkeys(STAGES, 0.0)
     encode_cv2_defaults = 0.0  # for comparison only: imencode without parameters (not what write_png does)
+    # One untimed image first: lazy imports (pydicom handlers, scipy.sparse), OpenCV's first calls and
+    # the resize-weight cache belong to start-up, which a batch pays once; they inflated the first case.
+    codes, lut, _ = decode_dicom(paths[0])
+    write_png(out / "warmup.png", transform(codes, lut=lut)[0])
     for i, path in enumerate(paths):
         t0 = time.perf_counter()
         codes, lut, _ = decode_dicom(path)
