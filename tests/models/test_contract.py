@@ -168,6 +168,8 @@ def test_partial_locking() -> None:
 
 
 def test_locked_text_tower_is_deterministic_and_memoised() -> None:
+    from mammoclip.models.text import TextFeatureCache
+
     torch.manual_seed(0)
     model = create_model("mammoclip-tiny")
     ids = torch.randint(5, 90, (4, 12))
@@ -183,13 +185,17 @@ def test_locked_text_tower_is_deterministic_and_memoised() -> None:
     cache = model.text_cache
     assert cache is not None
     first = model.text_features(ids, mask)
-    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)  # = the batched, padded forward
     assert (cache.misses, cache.hits, len(cache)) == (3, 1, 3)
     # The same captions padded to another length hit the memo and give the same features.
     longer = torch.nn.functional.pad(ids, (0, 20))
     again = model.text_features(longer, torch.nn.functional.pad(mask, (0, 20)))
     assert cache.misses == 3 and cache.hits == 5
     torch.testing.assert_close(again, first)
+    # A caption's features do not depend on the batch it first came in (bitwise): a fresh memo fed
+    # the same caption alone, unpadded, gives exactly the same tensor.
+    solo = TextFeatureCache()(model.text_tower, ids[1:2, :8], torch.ones_like(ids[1:2, :8]))
+    assert torch.equal(solo[0], first[1])
     # The projection still learns from memoised features.
     model.encode_text(ids, mask).sum().backward()
     assert model.text_projection.weight.grad is not None and model.text_projection.weight.grad.abs().sum() > 0

@@ -162,9 +162,10 @@ class TextFeatureCache:
     tokens, and at small image sizes the text forward is most of a training step (MiniLM on ~60
     tokens costs ~10x lite0 at 128x80): captions repeat every epoch, so each is encoded once.
     Least-recently-used entries are evicted beyond ``max_items``. Entries are detached and kept on the
-    device they were computed on. Features computed in a different batch can differ from a fresh
-    computation by float rounding only (batched matmuls), so a resumed run is equal to an
-    uninterrupted one up to rounding, not bitwise.
+    device they were computed on. Each new caption is encoded on its own, without padding: its
+    features then do not depend on which batch it first appeared in (batched matmuls may round
+    differently with the batch's size and padding), so a resumed run is bitwise equal to an
+    uninterrupted one, and the memo never changes what a caption means.
     """
 
     def __init__(self, max_items: int = 200_000) -> None:
@@ -191,12 +192,10 @@ class TextFeatureCache:
                 missing[key] = i
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        if missing:
-            idx = torch.tensor(list(missing.values()), device=input_ids.device)
-            with torch.no_grad():
-                feats = tower(input_ids[idx], attention_mask[idx])  # (M, T)
-            for key, feat in zip(missing, feats.detach()):
-                self._store[key] = feat
+        with torch.no_grad():
+            for key, i in missing.items():
+                ids = input_ids[i : i + 1, attention_mask[i].bool()]  # (1, L_i): this caption, unpadded
+                self._store[key] = tower(ids, torch.ones_like(ids))[0].detach()  # (T,)
         out = []
         for key in keys:
             self._store.move_to_end(key)
