@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 import mammoclip
 from mammoclip.errors import ConfigError
@@ -260,6 +259,7 @@ def training_curves(metrics_path: Path, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     df = pd.DataFrame(records)
@@ -298,6 +298,7 @@ def collect_results(cfg: DemoConfig, bundle: Any, prep: Any, fit: Any, zs: dict[
                     probes: dict[str, Any], grid: Path, curves: Path, seconds: dict[str, float],
                     total: float) -> dict[str, Any]:
     """Gather what the run measured into the ``results.json`` structure that the page renders."""
+    import pandas as pd  # here, not at import: the CLI imports this module for DemoConfig's defaults
     out = cfg.out
     images = bundle.images
     splits = {}

@@ -50,14 +50,19 @@ def _binary_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return fps, tps
 
 
-def _roc(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``fpr, tpr`` equal to ``sklearn.metrics.roc_curve(y, s)`` (collinear points dropped, (0, 0) first)."""
-    fps, tps = _binary_curve(y, s)
+def _roc(fps: np.ndarray, tps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``fpr, tpr`` from :func:`_binary_curve` counts: the points of ``sklearn.metrics.roc_curve``
+    (collinear points dropped, (0, 0) first)."""
     if len(fps) > 2:
         keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
         fps, tps = fps[keep], tps[keep]
     fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
     return fps / fps[-1], tps / tps[-1]
+
+
+def _tpr_at_fpr_bound(fpr: np.ndarray, tpr: np.ndarray, specificity: float) -> float:
+    ok = fpr <= 1.0 - specificity + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
 
 
 def sensitivity_at_specificity(y_true: np.ndarray, y_score: np.ndarray, specificity: float = DEFAULT_SPECIFICITY) -> float:
@@ -67,9 +72,7 @@ def sensitivity_at_specificity(y_true: np.ndarray, y_score: np.ndarray, specific
     :func:`sklearn.metrics.roc_curve`).
     """
     y = _as_binary(y_true)
-    fpr, tpr = _roc(y, np.asarray(y_score, dtype=float))
-    ok = fpr <= 1.0 - specificity + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
+    return _tpr_at_fpr_bound(*_roc(*_binary_curve(y, np.asarray(y_score, dtype=float))), specificity)
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
@@ -139,7 +142,7 @@ def binary_metrics(
         precision = tps / (tps + fps)
         out["auprc"] = float(np.sum(np.diff(np.r_[0.0, tps / n_pos]) * precision))  # step-wise AP, as sklearn
         out["balanced_accuracy"] = float((np.mean(pred[pos]) + np.mean(~pred[~pos])) / 2)
-        out["sensitivity_at_spec"] = sensitivity_at_specificity(y, s, specificity)
+        out["sensitivity_at_spec"] = _tpr_at_fpr_bound(*_roc(fps, tps), specificity)
     return out
 
 

@@ -194,7 +194,7 @@ class MammoCLIP(nn.Module):
         super().train(mode)
         for m in getattr(self, "_frozen_bn", []):
             m.eval()
-        if getattr(self, "_text_frozen", False):
+        if self._text_frozen:
             self.text_tower.eval()
         return self
 
