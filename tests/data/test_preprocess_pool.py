@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from concurrent.futures import ProcessPoolExecutor
@@ -13,7 +14,15 @@ import pytest
 
 from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import load_bundle
-from mammoclip.data.preprocess import PreprocessOptions, _init_worker, _pool_context, preprocess
+from mammoclip.data.preprocess import (
+    PreprocessOptions,
+    _init_worker,
+    _pool_context,
+    auto_workers,
+    preprocess,
+    usable_cores,
+)
+from mammoclip.errors import ConfigError
 from tests.data.test_preprocess import SIZE, make_source
 
 
@@ -64,3 +73,21 @@ def test_reuse_freed_memory_avoids_refaulting() -> None:
     with ProcessPoolExecutor(max_workers=1, mp_context=_pool_context()) as pool:
         faults = pool.submit(_faults_per_image, 8).result()
     assert faults < 20480 // 4  # glibc's default maps them afresh: 2 x 10240 page faults per round
+
+
+def test_auto_workers_one_per_core_but_not_for_small_batches() -> None:
+    assert auto_workers(1000, cores=8) == 8
+    assert auto_workers(40, cores=8) == 5  # 8 images per worker at least: the pool start is ~1 s
+    assert auto_workers(15, cores=2) == 1 and auto_workers(16, cores=2) == 2
+    assert auto_workers(0, cores=4) == 1
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_workers_zero_picks_automatically_and_is_reported(tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src", n=4)
+    result = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE), workers=0)
+    assert result.workers == 1 and result.processed == 4  # 4 images: no pool
+    assert "1 worker)" in result.summary()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["workers"] == 1
+    with pytest.raises(ConfigError, match="workers must be >= 0"):
+        preprocess(src, tmp_path / "bad", PreprocessOptions(size=SIZE), workers=-1)

@@ -263,12 +263,14 @@ class PreprocessResult:
     skipped: int = 0
     failed: int = 0
     seconds: float = 0.0
+    workers: int = 1
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         rate = (self.processed / self.seconds) if self.seconds > 0 else 0.0
         return (f"{self.processed} processed, {self.skipped} skipped (up to date), {self.failed} failed "
-                f"in {self.seconds:.1f} s ({rate:.2f} images/s) -> {self.manifest}")
+                f"in {self.seconds:.1f} s ({rate:.2f} images/s, {self.workers} "
+                f"worker{'s' if self.workers != 1 else ''}) -> {self.manifest}")
 
 
 def _check_writable(out: Path) -> None:
@@ -317,6 +319,31 @@ def _tasks(bundle: Bundle, out: Path, options: PreprocessOptions) -> Iterator[di
                "rel": str(rel), "options": opts, "masks": masks}
 
 
+#: Images per worker below which :func:`auto_workers` adds no further process: starting a pool
+#: costs ~1 s (the forkserver imports OpenCV, pydicom and scipy once), the time of ~25 uncompressed
+#: or ~2 JPEG 2000 images, so a small batch runs faster in this process.
+MIN_IMAGES_PER_WORKER: int = 8
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a cluster job's share), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows: no affinity API
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(n_images: int, cores: int | None = None) -> int:
+    """Worker processes for ``n_images``: one per usable core, fewer for small batches.
+
+    Each worker is single-threaded and one image at a time is codec-bound on one core, so K
+    workers on K cores is the fastest setting measured (``bench/preprocess.py``). Below
+    :data:`MIN_IMAGES_PER_WORKER` images per worker the pool start would cost more than it saves.
+    """
+    cores = usable_cores() if cores is None else cores
+    return max(1, min(cores, n_images // MIN_IMAGES_PER_WORKER))
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
@@ -339,20 +366,24 @@ def preprocess(
         out: Output folder: ``images/``, ``masks/``, ``manifest.csv``, ``boxes.csv`` (processed
             space), ``reports.csv``, ``failures.csv``, ``summary.json``.
         options: Output format; defaults to :class:`PreprocessOptions`.
-        workers: Processes; 1 runs in this process.
+        workers: Processes; 1 runs in this process, 0 picks :func:`auto_workers` (one per usable
+            core; in this process for small batches).
         shard: ``(i, N)``: only rows ``i, i+N, ...``; outputs get a ``.part-i`` suffix.
         adapter: Adapter name for a non-manifest source (detected when omitted).
         progress: tqdm bar (``None``: only on a TTY).
         on_result: Called with each worker result (used by the benchmark).
 
     Returns:
-        Counts, time and failures.
+        Counts, time, workers used and failures.
 
     Raises:
         DataError: empty input, unreadable source, output folder not writable.
+        ConfigError: negative ``workers``.
     """
     from tqdm.auto import tqdm
 
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0 (0: one per core), got {workers}")
     options = options or PreprocessOptions()
     out = Path(out)
     bundle = source if isinstance(source, Bundle) else load_source(source, adapter)
@@ -365,6 +396,7 @@ def preprocess(
     bundle = Bundle(images, bundle.boxes, bundle.reports, bundle.root)
 
     tasks = list(_tasks(bundle, out, options))
+    workers = auto_workers(len(tasks)) if workers == 0 else workers
     rel_by_id = {t["image_id"]: t["rel"] for t in tasks}
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
@@ -404,11 +436,12 @@ def preprocess(
         manifest=manifest_path,
         processed=sum(1 for r in results.values() if r.get("skipped") is False),
         skipped=sum(1 for r in results.values() if r.get("skipped") is True),
-        failed=len(failures), seconds=seconds, failures=failures,
+        failed=len(failures), seconds=seconds, workers=workers, failures=failures,
     )
     (out / _part(SUMMARY_FILE, shard)).write_text(json.dumps(
         {"processed": result.processed, "skipped": result.skipped, "failed": result.failed,
-         "seconds": round(seconds, 3), "options": asdict(options), "shard": shard}, indent=2))
+         "seconds": round(seconds, 3), "workers": workers, "options": asdict(options),
+         "shard": shard}, indent=2))
     return result
 
 
