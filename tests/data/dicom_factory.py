@@ -8,17 +8,21 @@ correct reader recovers ``display`` (up to rescale rounding):
 * ``slope``/``intercept`` store ``(display - intercept) / slope`` (modality LUT);
 * ``window=(center, width)`` adds a VOI window; ``voi_lut=True`` a linear VOI LUT sequence over
   the full range instead;
-* ``syntax`` in ``uncompressed | rle | j2k | jpegls`` picks the transfer syntax (JPEG-LS is encoded
-  with imagecodecs when available, as pydicom has no JPEG-LS encoder).
+* ``syntax`` in ``uncompressed | rle | j2k | jpegls | jpegll`` picks the transfer syntax. pydicom 3 has
+  no encoder for JPEG-LS or JPEG lossless, so both are encoded with imagecodecs: JPEG-LS through
+  CharLS (optional, see :func:`jpegls_available`), ``jpegll`` (JPEG Lossless, Non-Hierarchical,
+  First-Order Prediction, "Process 14 SV1", the syntax most older mammography archives use) through
+  libjpeg-turbo >= 3, whose lossless mode writes predictor 1 at 2-16 bits (see :func:`jpegll_available`).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-SYNTAXES = ("uncompressed", "rle", "j2k", "jpegls")
+SYNTAXES = ("uncompressed", "rle", "j2k", "jpegls", "jpegll")
 
 
 def jpegls_available() -> bool:
@@ -28,6 +32,44 @@ def jpegls_available() -> bool:
         return bool(imagecodecs.JPEGLS.available)
     except (ImportError, AttributeError):
         return False
+
+
+@lru_cache(maxsize=1)
+def jpegll_available() -> bool:
+    """Whether imagecodecs can write JPEG lossless SV1 at 12 and 16 bits.
+
+    Probed by encoding, not by version strings: libjpeg-turbo only gained lossless (and 12/16-bit)
+    encoding in 3.0, and imagecodecs may be built against an older libjpeg or without JPEG8.
+    """
+    try:
+        tiny = np.array([[0, 4095], [65535, 1]], dtype=np.uint16)
+        return all(jpeg_lossless_predictor(_jpegll_encode(tiny & (2**b - 1), b)) == 1 for b in (12, 16))
+    except Exception:  # noqa: BLE001 - missing module, codec, or a libjpeg without lossless support
+        return False
+
+
+def _jpegll_encode(stored: np.ndarray, bits: int) -> bytes:
+    import imagecodecs
+
+    return bytes(imagecodecs.jpeg8_encode(stored, lossless=True, predictor=1, bitspersample=bits))
+
+
+def jpeg_lossless_predictor(stream: bytes) -> int | None:
+    """The predictor (selection value, ``Ss`` of the scan header) of a lossless JPEG stream.
+
+    None when the stream has no lossless (SOF3) frame. Lets a test check that a fixture really is
+    the SV1 transfer syntax it claims: a stream with predictor 6 (what DNG's lossless-JPEG writer in
+    imagecodecs emits) would be the more general 1.2.840.10008.1.2.4.57 instead.
+    """
+    pos, lossless = 2, False  # after SOI
+    while pos + 4 <= len(stream) and stream[pos] == 0xFF:
+        marker, length = stream[pos + 1], int.from_bytes(stream[pos + 2:pos + 4], "big")
+        if marker == 0xC3:
+            lossless = True
+        elif marker == 0xDA:  # SOS: length, Ns, Ns x (Cs, Td/Ta), Ss, Se, Ah/Al
+            return int(stream[pos + 5 + 2 * stream[pos + 4]]) if lossless else None
+        pos += 2 + length
+    return None
 
 
 def write_dicom(
@@ -54,6 +96,7 @@ def write_dicom(
     from pydicom.uid import (
         ExplicitVRLittleEndian,
         JPEG2000Lossless,
+        JPEGLosslessSV1,
         JPEGLSLossless,
         RLELossless,
         generate_uid,
@@ -115,6 +158,15 @@ def write_dicom(
             ds.PixelData = stored.tobytes()
             uid = {"rle": RLELossless, "j2k": JPEG2000Lossless}[syntax]
             ds.compress(uid, stored)
+        elif syntax == "jpegll":
+            # Not skippable: imagecodecs is a test requirement, so a missing encoder is a broken
+            # environment, and the decoder path for the most common legacy syntax must be tested.
+            if not jpegll_available():
+                raise RuntimeError("writing a JPEG lossless (SV1) fixture needs imagecodecs with libjpeg-turbo >= 3 "
+                                   "(lossless 12/16-bit encoding); install the test extra: pip install -e '.[test]'")
+            ds.PixelData = encapsulate([_jpegll_encode(stored, bits)])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
         elif syntax == "jpegls":
             import imagecodecs
 

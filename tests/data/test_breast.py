@@ -17,7 +17,7 @@ from mammoclip.data.breast import (
     plan_transform,
     segment_breast,
 )
-from mammoclip.data.dicom import read_dicom
+from mammoclip.data.dicom import DicomMeta, read_dicom
 from mammoclip.data.preprocess import PreprocessOptions, process_image
 from tests.data.dicom_factory import jpegls_available, phantom, write_dicom
 from tests.data.test_dicom import real_cases
@@ -51,13 +51,14 @@ def independent_breast(image: np.ndarray, k: int = 8, frac: float = 0.2) -> tupl
 
 
 @pytest.fixture(scope="module")
-def real_images() -> list[tuple[Path, np.ndarray]]:
-    return [(p, read_dicom(p)[0]) for p in real_cases()]
+def real_images() -> list[tuple[Path, np.ndarray, DicomMeta]]:
+    """The 8 CBIS-DDSM films, each decoded once for the whole module (~1 s in all)."""
+    return [(p, *read_dicom(p)) for p in real_cases()]
 
 
-def test_real_crop_contains_breast_and_excludes_labels(real_images: list[tuple[Path, np.ndarray]]) -> None:
+def test_real_crop_contains_breast_and_excludes_labels(real_images: list[tuple[Path, np.ndarray, DicomMeta]]) -> None:
     n_labels = 0
-    for path, image in real_images:
+    for path, image, _ in real_images:
         seg = segment_breast(image)
         pts, others = independent_breast(image)
         inside = (pts[:, 0] >= seg.x0) & (pts[:, 0] < seg.x1) & (pts[:, 1] >= seg.y0) & (pts[:, 1] < seg.y1)
@@ -71,14 +72,34 @@ def test_real_crop_contains_breast_and_excludes_labels(real_images: list[tuple[P
 
 
 @pytest.mark.parametrize("bits,resize", [(8, "stretch"), (16, "pad")])
-def test_real_output_shape_and_dtype(bits: int, resize: str) -> None:
-    path = real_cases()[2]  # a right breast: gets flipped
-    out, record = process_image(path, PreprocessOptions(size=(152, 96), bits=bits, resize=resize))
-    assert out.shape == (152, 96) and out.dtype == (np.uint8 if bits == 8 else np.uint16)
-    assert record.flipped and (record.orig_height, record.orig_width) == (4560, 2864)
-    if resize == "pad":
-        assert abs(record.scale_x - record.scale_y) < 0.02 * record.scale_x
-        assert out[:, :8].mean() > out[:, -8:].mean() or record.pad_left == 0  # chest wall on the left
+def test_real_output_shape_and_dtype(real_images: list[tuple[Path, np.ndarray, DicomMeta]], bits: int,
+                                     resize: str) -> None:
+    """Every real film gives the requested size and dtype, mirrored to the left exactly when it is a right breast.
+
+    The transform runs on the module's cached decodes; one film also goes through ``process_image``
+    from its path, which must give the same pixels and record (the films carry no VOI, so the
+    default ``voi`` window falls back to min-max in the crop, as here).
+    """
+    options = PreprocessOptions(size=(152, 96), bits=bits, resize=resize)
+    transform = BreastPreprocess(options.size, resize=resize, bits=bits, window="minmax")
+    full = 255 if bits == 8 else 65535
+    assert len(real_images) == 8
+    for path, image, meta in real_images:
+        assert not meta.has_voi and meta.laterality in ("L", "R")
+        out, record = transform(image)
+        assert out.shape == (152, 96) and out.dtype == (np.uint8 if bits == 8 else np.uint16), path.name
+        assert record.flipped == (meta.laterality == "R"), path.name  # chest wall ends up on the left
+        assert (record.orig_height, record.orig_width) == image.shape == (meta.rows, meta.columns)
+        # windowed inside the crop: dark background at 0, dense tissue near the top of the range
+        assert out.min() == 0 and out.max() > 0.75 * full, path.name
+        if resize == "pad":
+            assert abs(record.scale_x - record.scale_y) < 0.02 * record.scale_x, path.name
+            assert record.pad_left == 0 and out[:, :8].mean() > out[:, -8:].mean(), path.name
+    path, image, _ = real_images[2]  # a right breast: gets flipped
+    out, record = process_image(path, options)
+    expected, expected_record = transform(image)
+    assert record == expected_record and record.flipped and (record.orig_height, record.orig_width) == (4560, 2864)
+    np.testing.assert_array_equal(out, expected)
 
 
 # --- synthetic variants ------------------------------------------------------------------------
@@ -90,10 +111,13 @@ VARIANTS = {
     "rle": ({"syntax": "rle"}, "minmax"),
     "j2k": ({"syntax": "j2k"}, "minmax"),
     "jpegls": ({"syntax": "jpegls"}, "minmax"),
+    "jpegll": ({"syntax": "jpegll"}, "minmax"),
     "mono1_rle_rescale": ({"photometric": "MONOCHROME1", "syntax": "rle", "slope": 2.0, "intercept": -100.0}, "minmax"),
     # a linear window over the full 12-bit range equals the min-max of a crop holding 0 and 4095
     "voi_window": ({"window": (2048.0, 4096.0)}, "voi"),
     "voi_window_j2k_mono1": ({"window": (2048.0, 4096.0), "syntax": "j2k", "photometric": "MONOCHROME1"}, "voi"),
+    "voi_window_jpegll_mono1": ({"window": (2048.0, 4096.0), "syntax": "jpegll", "photometric": "MONOCHROME1"},
+                                "voi"),
 }
 
 

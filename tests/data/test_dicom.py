@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammoclip.data.dicom import read_dicom, read_dicom_header
+from mammoclip.data.dicom import decode_dicom, read_dicom, read_dicom_header
 from mammoclip.errors import DataError
-from tests.data.dicom_factory import jpegls_available, phantom, write_dicom
+from tests.data.dicom_factory import jpeg_lossless_predictor, jpegls_available, phantom, write_dicom
 
 
 def real_cases() -> list[Path]:
@@ -31,7 +31,9 @@ VARIANTS = {
     "rle": {"syntax": "rle"},
     "j2k": {"syntax": "j2k"},
     "jpegls": {"syntax": "jpegls"},
+    "jpegll": {"syntax": "jpegll"},
     "mono1_j2k": {"photometric": "MONOCHROME1", "syntax": "j2k"},
+    "mono1_jpegll": {"photometric": "MONOCHROME1", "syntax": "jpegll"},
 }
 
 
@@ -74,6 +76,55 @@ def test_voi_lut_sequence_applied(tmp_path: Path, display: np.ndarray) -> None:
     assert meta.has_voi and meta.value_range == (0.0, 65535.0)
     # linear LUT of 4096 entries 0..65535 over stored 0..4095
     np.testing.assert_allclose(image, np.floor(display.astype(np.float64) * 65535 / 4095), atol=1)
+
+
+@pytest.mark.parametrize("bits", [12, 16])
+def test_jpeg_lossless_sv1_decodes_through_pylibjpeg(tmp_path: Path, bits: int) -> None:
+    """The fixture is genuine SV1 and the preferred plugin (pylibjpeg-libjpeg) decodes it itself.
+
+    ``read_dicom`` quietly falls back to pydicom's other plugins (gdcm) when the preferred one fails,
+    so a value check through ``read_dicom`` alone would not notice pylibjpeg breaking on this syntax.
+    """
+    import pydicom
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEGLosslessSV1
+
+    from mammoclip.data import dicom as dicom_module
+
+    maxv = 2**bits - 1
+    display = (phantom((120, 80)).astype(np.int64) * maxv // 4095).astype(np.uint16)
+    display[0, :2] = (0, maxv)  # both ends of the stored range
+    path = write_dicom(tmp_path / "x.dcm", display, bits=bits, syntax="jpegll")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1 and ds.BitsStored == bits
+    assert jpeg_lossless_predictor(next(generate_frames(ds.PixelData, number_of_frames=1))) == 1
+    assert dicom_module.PREFERRED_DECODER == "pylibjpeg"
+    fast = dicom_module._fast_pixel_array(ds, ds.file_meta.TransferSyntaxUID)
+    assert fast is not None, "pylibjpeg failed on JPEG lossless SV1 (read_dicom would fall back to gdcm)"
+    np.testing.assert_array_equal(fast, display)
+    image, meta = read_dicom(path)
+    np.testing.assert_array_equal(image, display.astype(np.float32))
+    assert meta.value_range == (0.0, float(maxv)) and image.max() == maxv and image.min() == 0
+
+
+def test_voi_lut_sequence_wins_over_window(tmp_path: Path, display: np.ndarray) -> None:
+    """A file with both a VOI LUT sequence and a window uses the LUT (PS3.3 C.11.2: either may be
+    applied, we choose the LUT, as pydicom's ``prefer_lut=True``); the two give very different values."""
+    both = write_dicom(tmp_path / "both.dcm", display, bits=12, voi_lut=True, window=(1000, 400))
+    lut_only = write_dicom(tmp_path / "lut.dcm", display, bits=12, voi_lut=True)
+    window_only = write_dicom(tmp_path / "win.dcm", display, bits=12, window=(1000, 400))
+    image, meta = read_dicom(both, voi=True)
+    np.testing.assert_array_equal(image, read_dicom(lut_only, voi=True)[0])
+    # the linear LUT puts stored 0..4095 onto 0..65535; the window would clip to 0..4095
+    np.testing.assert_allclose(image, np.floor(display.astype(np.float64) * 65535 / 4095), atol=1)
+    assert meta.value_range == (0.0, 65535.0)
+    windowed, wmeta = read_dicom(window_only, voi=True)
+    assert wmeta.value_range == (0.0, 4095.0)
+    assert np.abs(image - windowed).max() > 30000  # the test can tell the two apart
+    # the code + LUT path used by preprocessing makes the same choice
+    codes, lut, _ = decode_dicom(both, voi=True)
+    assert lut is not None
+    np.testing.assert_array_equal(lut[codes], image)
 
 
 def test_real_cbis_ddsm_decode() -> None:
