@@ -150,7 +150,7 @@ def test_official_csv(tmp_path: Path) -> None:
     assert set(bundle.images.loc[bundle.images["patient_id"] == "3", "split"]) == {"val"}
 
 
-def test_folder_with_reports(tmp_path: Path) -> None:
+def test_folder_with_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "export"
     for p in range(3):
         study = root / f"pat{p}" / "study1"
@@ -167,13 +167,19 @@ def test_folder_with_reports(tmp_path: Path) -> None:
     assert bundle.images["report_id"].eq(bundle.images["patient_id"] + "/study1").all()
     assert len(bundle.reports) == 3 and "No suspicious mass" in bundle.reports["text"].iloc[0]
     assert "suspicious mass" in bundle.reports["findings"].iloc[0].lower()
-    assert any("CT" in s for s in bundle.images.attrs["skipped"])
+    [(file, reason)] = bundle.images.attrs["skipped"]
+    assert file.endswith("scout.dcm") and "modality 'CT'" in reason
     # end to end through the CLI: build, validate, preprocess from the adapter source
     assert main(["manifest", "build", str(root), "--out", str(tmp_path / "m")]) == 0
+    printed = capsys.readouterr().out
+    assert "12 images" in printed and "left out:" in printed and "scout.dcm: modality 'CT'" in printed
     assert main(["manifest", "validate", str(tmp_path / "m" / "manifest.csv"), "--check-files"]) == 0
     assert main(["preprocess", str(root), "--adapter", "folder", "--out", str(tmp_path / "o"),
                  "--size", "48x32", "--workers", "1"]) == 0
     assert len(load_bundle(tmp_path / "o").images) == 12
+    # the file left out of the manifest is reported where batch failures go
+    failures = pd.read_csv(tmp_path / "o" / "failures.csv")
+    assert len(failures) == 1 and failures["file"][0].endswith("scout.dcm") and "CT" in failures["reason"][0]
 
 
 def test_synthetic_cohort_preprocessed(tmp_path: Path) -> None:

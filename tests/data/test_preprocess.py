@@ -110,6 +110,22 @@ def test_shards_and_merge_equal_single_run(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(a[["image_id", "crop_x0", "crop_x1", "path"]].astype(str),
                                   b[["image_id", "crop_x0", "crop_x1", "path"]].astype(str))
     assert len(read_boxes(tmp_path / "sharded" / "boxes.csv")) == 4
+    summary = json.loads((tmp_path / "sharded" / "summary.json").read_text())
+    assert (summary["processed"], summary["failed"], summary["shards"]) == (4, 0, 2)
+
+
+def test_merge_refuses_while_a_shard_is_missing(tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src", n=3)
+    for i in (0, 2):
+        preprocess(src, tmp_path / "sharded", PreprocessOptions(size=SIZE), shard=(i, 3))
+    with pytest.raises(DataError, match=r"shard\(s\) 1/3 not finished"):
+        merge_shards(tmp_path / "sharded")
+    assert not (tmp_path / "sharded" / "manifest.csv").exists()
+    preprocess(src, tmp_path / "sharded", PreprocessOptions(size=SIZE), shard=(1, 3))
+    assert len(load_bundle(merge_shards(tmp_path / "sharded")).images) == 3
+    preprocess(src, tmp_path / "sharded", PreprocessOptions(size=SIZE), shard=(3, 4))  # another run's part
+    with pytest.raises(DataError, match="disagree on the number of shards"):
+        merge_shards(tmp_path / "sharded")
 
 
 def test_two_workers(tmp_path: Path) -> None:

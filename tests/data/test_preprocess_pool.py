@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mammoclip.data.imageio import read_image
@@ -91,3 +92,46 @@ def test_workers_zero_picks_automatically_and_is_reported(tmp_path: Path) -> Non
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["workers"] == 1
     with pytest.raises(ConfigError, match="workers must be >= 0"):
         preprocess(src, tmp_path / "bad", PreprocessOptions(size=SIZE), workers=-1)
+
+
+def test_a_killed_worker_fails_the_unfinished_images_and_a_rerun_redoes_them(tmp_path: Path) -> None:
+    """A worker killed mid-batch (as the OOM killer would) loses nothing: rerunning finishes the rest."""
+    import signal
+
+    src = make_source(tmp_path / "src", n=8)
+    killed: list[int] = []
+
+    def kill_first_worker(res: dict[str, Any]) -> None:
+        if not killed and "pid" in res:
+            killed.append(res["pid"])
+            os.kill(res["pid"], signal.SIGKILL)
+
+    first = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE), workers=2, on_result=kill_first_worker)
+    assert killed and first.failed >= 1 and first.processed + first.failed == 8
+    assert not list((tmp_path / "out").rglob("*.tmp"))  # PNGs and sidecars are written atomically
+    assert all("a worker process died" in reason and "rerun" in reason for _, reason in first.failures)
+    failures = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert len(failures) == first.failed
+    second = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE), workers=2)
+    # the surviving worker may have finished an image whose result the broken pool dropped: it is
+    # up to date on disk, so the rerun skips it
+    assert second.failed == 0 and second.processed + second.skipped == 8, second.failures
+    assert second.processed <= first.failed and second.skipped >= first.processed
+    assert len(load_bundle(tmp_path / "out").images) == 8
+
+
+def test_an_unexpected_error_fails_one_image_not_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mammoclip.data.preprocess as prep
+
+    real = prep.process_image
+
+    def flaky(path: Any, options: PreprocessOptions) -> Any:
+        if str(path).endswith("im1.dcm"):
+            raise RuntimeError("decoder exploded")
+        return real(path, options)
+
+    monkeypatch.setattr(prep, "process_image", flaky)
+    result = preprocess(make_source(tmp_path / "src", n=3), tmp_path / "out", PreprocessOptions(size=SIZE))
+    assert (result.processed, result.failed) == (2, 1)
+    [(file, reason)] = result.failures
+    assert file.endswith("im1.dcm") and reason.endswith("RuntimeError: decoder exploded")

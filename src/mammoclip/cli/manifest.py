@@ -78,4 +78,9 @@ def _build(args: argparse.Namespace) -> int:
         bundle.boxes = boxes
     path = bundle.save(out)
     print(f"{len(images)} images, {len(bundle.boxes)} boxes, {len(bundle.reports)} reports -> {path}")
+    skipped = list(bundle.images.attrs.get("skipped", []))
+    for _file, reason in skipped[:10]:
+        print(f"  left out: {reason}")
+    if len(skipped) > 10:
+        print(f"  ... {len(skipped) - 10} more files left out")
     return 0

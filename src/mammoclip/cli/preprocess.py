@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     result = preprocess(args.input, args.out, options, workers=args.workers, shard=shard, adapter=args.adapter)
     print(result.summary())
     for file, reason in result.failures[:10]:
-        print(f"  failed: {file}: {reason}")
+        print(f"  failed: {reason if reason.startswith(file) else f'{file}: {reason}'}")
     if len(result.failures) > 10:
         print(f"  ... {len(result.failures) - 10} more in failures.csv")
     if args.merge and shard is not None:

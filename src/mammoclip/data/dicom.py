@@ -195,6 +195,27 @@ def _fast_pixel_array(ds: Any, tsyntax: Any) -> np.ndarray | None:
         ds.pixel_array_options(decoding_plugin="")
 
 
+def _check_decoder(path: Path, tsyntax: Any) -> None:
+    """Fail early, on one line, when the syntax has decoders but none of their packages is installed.
+
+    pydicom reports this as a multi-line RuntimeError listing every plugin's dependencies; a batch
+    log (``failures.csv``) wants one line that says what to install.
+    """
+    from pydicom.pixels import get_decoder
+
+    if tsyntax is None or not getattr(tsyntax, "is_encapsulated", False):
+        return
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        return  # no plugin exists at all for this syntax: reported by the decode step
+    if not decoder.is_available:
+        missing = "; ".join(" ".join(str(m).split()) for m in decoder.missing_dependencies)
+        raise DataError(f"{path}: no decoder for transfer syntax {tsyntax.name!r}; install the pylibjpeg "
+                        f"plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle) or python-gdcm "
+                        f"(missing: {missing})")
+
+
 def _decode(path: Path, modalities: tuple[str, ...] | None) -> tuple[Any, np.ndarray]:
     """Read, check and decode one file: the dataset and its stored values (any integer dtype)."""
     path = Path(path)
@@ -207,14 +228,16 @@ def _decode(path: Path, modalities: tuple[str, ...] | None) -> tuple[Any, np.nda
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DataError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not a mammogram")
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    _check_decoder(path, tsyntax)
     try:
         stored = _fast_pixel_array(ds, tsyntax)
         if stored is None:
             stored = ds.pixel_array
     except NotImplementedError as err:
         name = getattr(tsyntax, "name", str(tsyntax))
-        raise DataError(f"{path}: no decoder for transfer syntax {name!r}; install the pylibjpeg "
-                        f"plugins or python-gdcm ({err})") from err
+        raise DataError(f"{path}: no decoder for transfer syntax {name!r}: no installable plugin reads it; "
+                        "convert the file (e.g. `gdcmconv --raw` or `dcmdjpeg`) to an uncompressed or "
+                        "JPEG/JPEG 2000/RLE syntax") from err
     except RuntimeError as err:
         name = getattr(tsyntax, "name", str(tsyntax))
         raise DataError(f"{path}: cannot decode pixel data ({name}): {err}") from err

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,15 @@ def _source_stamp(path: Path) -> dict[str, Any]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """A sidecar's state; an unreadable one (e.g. cut short by a crash) means "redo the image"."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def _job(task: dict[str, Any]) -> dict[str, Any]:
     """Worker: one image -> PNG (+ masks) and its record; errors become a failure entry."""
     src = Path(task["src"])
@@ -230,7 +240,7 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
             raise DataError(f"{src}: file not found")
         stamp = _source_stamp(src)
         if out_png.exists() and sidecar.exists():
-            state = json.loads(sidecar.read_text())
+            state = _read_sidecar(sidecar)
             if state.get("source") == stamp and state.get("options") == task["options"]:
                 return {"image_id": task["image_id"], "record": state["record"], "skipped": True,
                         "masks": state.get("masks", {})}
@@ -244,14 +254,18 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
             mask = read_image(mask_src)
             write_png(mask_out, record.apply(mask, interpolation="nearest"))
             masks[key] = mask_out
-        sidecar.write_text(json.dumps({"source": stamp, "options": task["options"],
-                                       "record": record.to_dict(), "masks": masks}))
+        # Written last and atomically: a sidecar exists only for a finished image, whole.
+        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        tmp.write_text(json.dumps({"source": stamp, "options": task["options"], "record": record.to_dict(),
+                                   "masks": masks}))
+        tmp.replace(sidecar)
         return {"image_id": task["image_id"], "record": record.to_dict(), "skipped": False,
                 "masks": masks, "timings": timings, "pid": os.getpid(), "peak_rss_kb": _peak_rss_kb(),
                 "start_rss_kb": _WORKER_START_RSS_KB}
-    except (DataError, OSError, ValueError) as err:
-        reason = str(err) if isinstance(err, DataError) else f"{src}: {type(err).__name__}: {err}"
-        return {"image_id": task["image_id"], "error": reason, "file": str(src)}
+    except DataError as err:
+        return {"image_id": task["image_id"], "error": str(err), "file": str(src)}
+    except Exception as err:  # noqa: BLE001 - one bad image (a decoder bug, cv2.error, out of memory) must not stop the batch
+        return {"image_id": task["image_id"], "error": f"{src}: {type(err).__name__}: {err}", "file": str(src)}
 
 
 @dataclass
@@ -389,6 +403,10 @@ def preprocess(
     bundle = source if isinstance(source, Bundle) else load_source(source, adapter)
     if len(bundle.images) == 0:
         raise DataError(f"no images in {source}")
+    # Files the adapter could not list (not DICOM, not MG, ...) are failures of this run too; a
+    # sharded run reports them once, in shard 0.
+    left_out = [(str(f), str(r)) for f, r in bundle.images.attrs.get("skipped", [])
+                if isinstance(f, str)] if shard is None or shard[0] == 0 else []
     _check_writable(out)
     images = bundle.images.reset_index(drop=True)
     if shard is not None:
@@ -413,6 +431,16 @@ def preprocess(
             if on_result is not None:
                 on_result(res)
             bar.update(1)
+    except BrokenProcessPool as err:
+        # A worker was killed (out of memory, a crash in a native decoder): the images in flight
+        # cannot be told apart, so every unfinished one is listed as failed. Finished images keep
+        # their sidecars, so rerunning the same command redoes only these.
+        for task in tasks:
+            if task["image_id"] not in results:
+                results[task["image_id"]] = {
+                    "image_id": task["image_id"], "file": task["src"],
+                    "error": f"{task['src']}: not confirmed: a worker process died ({err}); rerun to retry "
+                             "(finished images are skipped), with fewer --workers if memory ran out"}
     finally:
         bar.close()
         if pool is not None:
@@ -420,7 +448,7 @@ def preprocess(
     seconds = time.perf_counter() - start
 
     ok = [iid for iid in images["image_id"].astype(str) if "record" in results.get(iid, {})]
-    failures = [(r["file"], r["error"]) for r in results.values() if "error" in r]
+    failures = left_out + [(r["file"], r["error"]) for r in results.values() if "error" in r]
     rows = images[images["image_id"].astype(str).isin(set(ok))].copy()
     records = pd.DataFrame([results[iid]["record"] for iid in rows["image_id"].astype(str)],
                            columns=list(TRANSFORM_COLUMNS), index=rows.index)
@@ -475,13 +503,28 @@ def _map_boxes(boxes: pd.DataFrame, rows: pd.DataFrame, results: dict[str, dict[
 def merge_shards(out: str | Path) -> Path:
     """Join ``*.part-i.csv`` files of a sharded run into ``manifest.csv``, ``boxes.csv``, ...
 
+    Each shard's ``summary.part-i.json`` records ``(i, N)``: the merge refuses to run while a shard
+    of the N is missing (or was run with another N), so a cluster job that lost a shard cannot
+    produce a silently short manifest. The summaries are joined into ``summary.json``.
+
     Raises:
-        DataError: no parts found.
+        DataError: no parts found, a shard missing, or shards of different runs mixed.
     """
     out = Path(out)
     parts = sorted(out.glob("manifest.part-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     if not parts:
         raise DataError(f"{out}: no manifest.part-*.csv to merge")
+    summaries = {int(p.stem.rsplit("-", 1)[1]): json.loads(p.read_text()) for p in out.glob("summary.part-*.json")}
+    totals = {s["shard"][1] for s in summaries.values() if s.get("shard")}
+    if len(totals) != 1:
+        raise DataError(f"{out}: shard summaries disagree on the number of shards ({sorted(totals)}) or are "
+                        "missing; merge only the parts of one run")
+    n = totals.pop()
+    have = {int(p.stem.rsplit("-", 1)[1]) for p in parts} & set(summaries)
+    missing = sorted(set(range(n)) - have)
+    if missing:
+        raise DataError(f"{out}: cannot merge, shard(s) {', '.join(f'{i}/{n}' for i in missing)} not finished "
+                        f"(no manifest.part-i.csv and summary.part-i.json); run them, then merge again")
     for name in (MANIFEST_FILE, "boxes.csv", FAILURES_FILE):
         stem = name.rsplit(".", 1)[0]
         frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in
@@ -496,4 +539,10 @@ def merge_shards(out: str | Path) -> Path:
     if reports:
         frame = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in reports], ignore_index=True)
         write_reports(frame.drop_duplicates(subset=["report_id"]), out / "reports.csv")
+    shards = [summaries[i] for i in range(n)]
+    (out / SUMMARY_FILE).write_text(json.dumps({
+        **{key: sum(int(s[key]) for s in shards) for key in ("processed", "skipped", "failed")},
+        "seconds": round(max(float(s["seconds"]) for s in shards), 3),  # shards run side by side
+        "shard_seconds": [s["seconds"] for s in shards], "options": shards[0]["options"], "shards": n,
+    }, indent=2))
     return out / MANIFEST_FILE

@@ -9,6 +9,7 @@ per patient by hash (:func:`mammoclip.data.manifest.assign_patient_splits`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from mammoclip.data.adapters import register_adapter
 from mammoclip.data.dicom import read_dicom_header
 from mammoclip.data.manifest import REPORT_COLUMNS, Bundle, assign_patient_splits, empty_reports
 from mammoclip.errors import DataError
+
+log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 REPORT_FILE = "report.txt"
@@ -40,7 +43,11 @@ class FolderAdapter:
     @staticmethod
     def load(source: Path, *, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0
              ) -> Bundle:
-        """Read every DICOM header under ``source``; unreadable files are skipped with a warning row.
+        """Read every DICOM header under ``source``; unreadable files are skipped, logged and listed.
+
+        Skipped files (not DICOM, truncated, not MG, no laterality/view) are listed as ``(file,
+        reason)`` in ``bundle.images.attrs["skipped"]``; :func:`mammoclip.data.preprocess.preprocess`
+        writes them to ``failures.csv`` and ``manifest build`` prints them.
 
         Raises:
             DataError: no DICOM files in the expected layout.
@@ -50,16 +57,18 @@ class FolderAdapter:
             raise DataError(f"{source}: no DICOM files found as <patient>/<study>/*.dcm")
         rows: list[dict[str, Any]] = []
         reports: list[dict[str, str]] = []
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []
         for path in files:
             patient, study = path.parent.parent.name, path.parent.name
             try:
                 meta = read_dicom_header(path)
             except DataError as err:
-                skipped.append(str(err))
+                skipped.append((str(path), str(err)))
+                log.warning("skipped: %s", err)
                 continue
             if meta.laterality is None or meta.view is None:
-                skipped.append(f"{path}: laterality/view not found in the header")
+                skipped.append((str(path), f"{path}: laterality/view not found in the header"))
+                log.warning("skipped: %s: laterality/view not found in the header", path)
                 continue
             report_id = f"{patient}/{study}"
             has_report = (path.parent / REPORT_FILE).exists()
@@ -75,7 +84,7 @@ class FolderAdapter:
                 entry = {"report_id": report_id, **_report_sections(text, report_id), "text": text}
                 reports.append(entry)
         if not rows:
-            raise DataError(f"{source}: no usable DICOM files ({len(skipped)} skipped; first: {skipped[0]})")
+            raise DataError(f"{source}: no usable DICOM files ({len(skipped)} skipped; first: {skipped[0][1]})")
         images = pd.DataFrame(rows)
         splits = assign_patient_splits(images["patient_id"], fractions, seed)
         images.insert(6, "split", images["patient_id"].map(splits))
