@@ -29,6 +29,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,7 +323,16 @@ def fit(
                 step = state["global_step"] + 1
                 losses, n = _train_step(task, batch, device, optimizer, scaler, autocast, loop, raw, step,
                                         epoch, state, last_ckpt)
-                scheduler.step()
+                if state["skipped"]:
+                    # fp16: the scaler skipped this optimizer step (inf/NaN gradients; routine for the
+                    # first steps while it finds its scale). The schedule still advances, so it stays
+                    # a function of the global step (and of nothing else on resume); torch's "scheduler
+                    # before optimizer" warning describes exactly this and is not a user error.
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                        scheduler.step()
+                else:
+                    scheduler.step()
                 state["global_step"] = step
                 state["batch"] += 1
                 seen += n * dist.world_size
