@@ -350,8 +350,8 @@ def usable_cores() -> int:
 def auto_workers(n_images: int, cores: int | None = None) -> int:
     """Worker processes for ``n_images``: one per usable core, fewer for small batches.
 
-    Each worker is single-threaded and one image at a time is codec-bound on one core, so K
-    workers on K cores is the fastest setting measured (``bench/preprocess.py``). Below
+    Each worker runs one thread (:func:`_init_worker`), so one worker per core uses the machine
+    without oversubscribing it (2 workers on 2 cores: 1.6-1.9x one, ``bench/preprocess.py``). Below
     :data:`MIN_IMAGES_PER_WORKER` images per worker the pool start would cost more than it saves.
     """
     cores = usable_cores() if cores is None else cores
@@ -405,8 +405,11 @@ def preprocess(
         raise DataError(f"no images in {source}")
     # Files the adapter could not list (not DICOM, not MG, ...) are failures of this run too; a
     # sharded run reports them once, in shard 0.
-    left_out = [(str(f), str(r)) for f, r in bundle.images.attrs.get("skipped", [])
-                if isinstance(f, str)] if shard is None or shard[0] == 0 else []
+    left_out: list[tuple[str, str]] = []
+    if shard is None or shard[0] == 0:
+        for item in bundle.images.attrs.get("skipped", []):  # (file, reason); a bare message also works
+            left_out.append((str(item[0]), str(item[1])) if isinstance(item, tuple | list) and len(item) == 2
+                            else (str(item).split(": ", 1)[0], str(item)))
     _check_writable(out)
     images = bundle.images.reset_index(drop=True)
     if shard is not None:
