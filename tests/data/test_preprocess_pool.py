@@ -94,11 +94,29 @@ def test_workers_zero_picks_automatically_and_is_reported(tmp_path: Path) -> Non
         preprocess(src, tmp_path / "bad", PreprocessOptions(size=SIZE), workers=-1)
 
 
+def _slow_source(root: Path, n: int) -> Path:
+    """``n`` names for one 2400x1800 phantom DICOM (~30-60 ms per image): a batch that takes a while."""
+    import shutil
+
+    from mammoclip.data.manifest import Bundle
+    from tests.data.dicom_factory import phantom, write_dicom
+
+    first = write_dicom(root / "dicom" / "big0.dcm", phantom((2400, 1800), seed=0), bits=12)
+    rows = []
+    for i in range(n):
+        path = first if i == 0 else Path(shutil.copy(first, root / "dicom" / f"big{i}.dcm"))
+        rows.append({"image_id": path.stem, "patient_id": f"p{i}", "study_id": f"s{i}", "laterality": "L",
+                     "view": "CC", "path": f"dicom/{path.name}", "split": "train", "source": "test"})
+    Bundle(pd.DataFrame(rows), root=root).save(root)
+    return root / "manifest.csv"
+
+
 def test_a_killed_worker_fails_the_unfinished_images_and_a_rerun_redoes_them(tmp_path: Path) -> None:
     """A worker killed mid-batch (as the OOM killer would) loses nothing: rerunning finishes the rest."""
     import signal
 
-    src = make_source(tmp_path / "src", n=8)
+    # 16 images of ~30-60 ms on 2 workers: when the first result reaches this process, most are unfinished
+    src = _slow_source(tmp_path / "src", n=16)
     killed: list[int] = []
 
     def kill_first_worker(res: dict[str, Any]) -> None:
@@ -107,7 +125,7 @@ def test_a_killed_worker_fails_the_unfinished_images_and_a_rerun_redoes_them(tmp
             os.kill(res["pid"], signal.SIGKILL)
 
     first = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE), workers=2, on_result=kill_first_worker)
-    assert killed and first.failed >= 1 and first.processed + first.failed == 8
+    assert killed and first.failed >= 1 and first.processed + first.failed == 16
     assert not list((tmp_path / "out").rglob("*.tmp"))  # PNGs and sidecars are written atomically
     assert all("a worker process died" in reason and "rerun" in reason for _, reason in first.failures)
     failures = pd.read_csv(tmp_path / "out" / "failures.csv")
@@ -115,9 +133,9 @@ def test_a_killed_worker_fails_the_unfinished_images_and_a_rerun_redoes_them(tmp
     second = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE), workers=2)
     # the surviving worker may have finished an image whose result the broken pool dropped: it is
     # up to date on disk, so the rerun skips it
-    assert second.failed == 0 and second.processed + second.skipped == 8, second.failures
+    assert second.failed == 0 and second.processed + second.skipped == 16, second.failures
     assert second.processed <= first.failed and second.skipped >= first.processed
-    assert len(load_bundle(tmp_path / "out").images) == 8
+    assert len(load_bundle(tmp_path / "out").images) == 16
 
 
 def test_an_unexpected_error_fails_one_image_not_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
