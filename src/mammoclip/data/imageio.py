@@ -7,6 +7,7 @@ float happens later, on the device (:func:`mammoclip.data.transforms.normalize_i
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ PNG_PARAMS: tuple[tuple[str, str | int], ...] = (
 )
 
 
-def _png_params(compression: int | None) -> list[int]:
+@functools.lru_cache(maxsize=16)
+def _png_params(compression: int | None) -> tuple[int, ...]:
     import cv2
 
     params: list[int] = []
@@ -62,7 +64,7 @@ def _png_params(compression: int | None) -> list[int]:
         if key == "IMWRITE_PNG_COMPRESSION" and compression is not None:
             value = compression
         params += [int(getattr(cv2, key)), int(getattr(cv2, value) if isinstance(value, str) else value)]
-    return params
+    return tuple(params)
 
 
 def write_png(path: str | Path, image: np.ndarray, *, compression: int | None = None) -> Path:
@@ -78,10 +80,15 @@ def write_png(path: str | Path, image: np.ndarray, *, compression: int | None = 
     if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"expected a 2-D uint8/uint16 array, got {image.dtype} {image.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", image, _png_params(compression))
+    ok, buf = cv2.imencode(".png", image, list(_png_params(compression)))
     if not ok:
         raise DataError(f"PNG encoding failed for {path}")
+    return write_bytes_atomic(path, buf.tobytes())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through ``<path>.tmp`` + rename: readers never see a partial file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
+    tmp.write_bytes(data)
     tmp.replace(path)
     return path

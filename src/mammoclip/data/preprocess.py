@@ -40,7 +40,7 @@ from mammoclip.data.breast import (
     paper_preprocess,
 )
 from mammoclip.data.dicom import decode_dicom, read_dicom
-from mammoclip.data.imageio import read_image, write_png
+from mammoclip.data.imageio import read_image, write_bytes_atomic, write_png
 from mammoclip.data.manifest import (
     BOX_COLUMNS,
     MANIFEST_FILE,
@@ -255,10 +255,8 @@ def _job(task: dict[str, Any]) -> dict[str, Any]:
             write_png(mask_out, record.apply(mask, interpolation="nearest"))
             masks[key] = mask_out
         # Written last and atomically: a sidecar exists only for a finished image, whole.
-        tmp = sidecar.with_name(sidecar.name + ".tmp")
-        tmp.write_text(json.dumps({"source": stamp, "options": task["options"], "record": record.to_dict(),
-                                   "masks": masks}))
-        tmp.replace(sidecar)
+        write_bytes_atomic(sidecar, json.dumps({"source": stamp, "options": task["options"],
+                                                "record": record.to_dict(), "masks": masks}).encode())
         return {"image_id": task["image_id"], "record": record.to_dict(), "skipped": False,
                 "masks": masks, "timings": timings, "pid": os.getpid(), "peak_rss_kb": _peak_rss_kb(),
                 "start_rss_kb": _WORKER_START_RSS_KB}
@@ -407,9 +405,7 @@ def preprocess(
     # sharded run reports them once, in shard 0.
     left_out: list[tuple[str, str]] = []
     if shard is None or shard[0] == 0:
-        for item in bundle.images.attrs.get("skipped", []):  # (file, reason); a bare message also works
-            left_out.append((str(item[0]), str(item[1])) if isinstance(item, tuple | list) and len(item) == 2
-                            else (str(item).split(": ", 1)[0], str(item)))
+        left_out = [(str(file), str(reason)) for file, reason in bundle.images.attrs.get("skipped", [])]
     _check_writable(out)
     images = bundle.images.reset_index(drop=True)
     if shard is not None:
