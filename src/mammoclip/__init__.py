@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # public name -> "module:attribute"
 _LAZY: dict[str, str] = {
-    "create_model": "mammoclip.models.registry:create_model",
+    "create_model": "mammoclip.models.factory:create_model",
     "list_models": "mammoclip.models.registry:list_models",
     "get_model_config": "mammoclip.models.registry:get_model_config",
     "get_tokenizer": "mammoclip.models.text:get_tokenizer",
@@ -22,7 +22,7 @@ _LAZY: dict[str, str] = {
     "read_manifest": "mammoclip.data.manifest:read_manifest",
     "write_manifest": "mammoclip.data.manifest:write_manifest",
     "load_bundle": "mammoclip.data.manifest:load_bundle",
-    "generate_cohort": "mammoclip.data.synthetic:generate_cohort",
+    "generate_cohort": "mammoclip.synthetic:generate_cohort",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -14,17 +14,11 @@ from mammoclip.models.checkpoint import (
 )
 from mammoclip.models.clip import MammoCLIP
 from mammoclip.models.config import ImageTowerCfg, MammoClipCfg, PreprocessCfg, TextTowerCfg
+from mammoclip.models.factory import create_model
 from mammoclip.models.image import ImageTower, register_image_pool
 from mammoclip.models.pretrained import register_package_source
-from mammoclip.models.registry import (
-    create_model,
-    get_model_config,
-    get_tokenizer,
-    list_models,
-    register_model_config,
-    resolve_config,
-)
-from mammoclip.models.text import TextTower, Tokenizer, register_text_pooler
+from mammoclip.models.registry import get_model_config, list_models, register_model_config, resolve_config
+from mammoclip.models.text import TextTower, Tokenizer, get_tokenizer, register_text_pooler
 
 __all__ = [
     "ImageTower",

@@ -10,7 +10,7 @@ Layout written by :func:`save_checkpoint`::
 
 Loading never executes pickled code: safetensors for our format, ``torch.load(weights_only=True)`` for
 the official Mammo-CLIP files (a ``torch.save`` zip holding tensors and a plain config dict,
-official-spec §3 "Checkpoint state_dict layout" and §5 "Checkpoint dict keys"). Paths stored inside
+docs/original.md §3 "Checkpoint state_dict layout" and §5 "Checkpoint dict keys"). Paths stored inside
 the official config (cluster paths, HF ``cache_dir``) are never used.
 """
 
@@ -27,10 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+import mammoclip
 from mammoclip.errors import CheckpointError, ConfigError
 from mammoclip.models.clip import MammoCLIP
 from mammoclip.models.config import MammoClipCfg
 from mammoclip.models.image import lukemelas_to_timm
+from mammoclip.models.registry import resolve_config
+from mammoclip.models.text import get_tokenizer
 
 FORMAT = "mammoclip"
 FORMAT_VERSION = 1
@@ -38,12 +41,12 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TOKENIZER_DIR = "tokenizer"
 
-#: Official image encoders, keyed by the width of their conv head (official-spec §3: B5 2048, B2 1408).
+#: Official image encoders, keyed by the width of their conv head (docs/original.md §3: B5 2048, B2 1408).
 OFFICIAL_ARCHS: dict[str, dict[str, Any]] = {
     "b5": {"config": "mammoclip-b5-paper", "head_width": 2048},
     "b2": {"config": "mammoclip-b2-paper", "head_width": 1408},
 }
-#: The official text encoder (official-spec §2.4), used for the tokenizer when none is given.
+#: The official text encoder (docs/original.md §2.4), used for the tokenizer when none is given.
 OFFICIAL_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
 
 
@@ -63,8 +66,6 @@ def provenance() -> dict[str, Any]:
     """Versions and revision of the code that wrote a checkpoint."""
     import timm
     import transformers
-
-    import mammoclip
 
     return {
         "mammoclip_version": mammoclip.__version__,
@@ -92,8 +93,6 @@ def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool 
     Returns:
         The checkpoint folder.
     """
-    from mammoclip.models.registry import get_tokenizer
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -318,8 +317,6 @@ def convert_official(ckpt_path: str | Path, out_dir: str | Path | None = None, t
     Returns:
         The converted model in eval mode.
     """
-    from mammoclip.models.registry import resolve_config
-
     path = Path(ckpt_path)
     obj = safe_torch_load(path)
     state = _official_model_state(obj, path)

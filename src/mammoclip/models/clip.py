@@ -1,10 +1,10 @@
 """MammoCLIP: image tower + text tower + linear projections + learnable temperature.
 
-Faithful to the official ``BreastClip`` (official-spec §3): linear projections with bias to the joint
+Faithful to the official ``BreastClip`` (docs/original.md §3): linear projections with bias to the joint
 space, L2-normalised embeddings, ``logit_scale`` initialised to ln(1/0.07). Two deliberate changes:
 ``exp(logit_scale)`` is clamped to ``MAX_LOGIT_SCALE`` (as in CLIP; the original is unclamped) and
 :meth:`MammoCLIP.no_weight_decay` names the parameters an optimizer should not decay (the original
-decays all, official-spec §10). The model is pure: losses and optimizers live elsewhere (style rule 5).
+decays all, docs/original.md §10). The model is pure: losses and optimizers live elsewhere (docs/architecture.md, design rule 5).
 """
 
 from __future__ import annotations

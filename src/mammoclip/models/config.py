@@ -33,7 +33,7 @@ class PreprocessCfg:
     std: float = PAPER_PIXEL_STD
     #: "minmax": per-image min-max to [0, 1] (the paper); "range": divide by the dtype's maximum.
     scaling: str = "minmax"
-    #: How the images on disk were made ("paper" = official-spec §1, or our pipeline's settings).
+    #: How the images on disk were made ("paper" = docs/original.md §1, or our pipeline's settings).
     resize: str = "stretch"
 
     def __post_init__(self) -> None:
@@ -53,7 +53,7 @@ class PreprocessCfg:
 
 @dataclass
 class ImageTowerCfg:
-    """A timm CNN trunk, a pooling and a dropout (official-spec §3 "Image encoders")."""
+    """A timm CNN trunk, a pooling and a dropout (docs/original.md §3 "Image encoders")."""
 
     #: timm architecture name (any timm model that has ``forward_features``).
     model_name: str = "tf_efficientnet_b5"
@@ -90,7 +90,7 @@ class ImageTowerCfg:
 
 @dataclass
 class TextTowerCfg:
-    """A transformers encoder, a pooling and a tokenizer reference (official-spec §3 "Text encoder")."""
+    """A transformers encoder, a pooling and a tokenizer reference (docs/original.md §3 "Text encoder")."""
 
     #: Pretrained source of the weights: hub name, local directory, "package:NAME", or None (random).
     pretrained: str | None = None
@@ -102,7 +102,7 @@ class TextTowerCfg:
     tokenizer: str | None = None
     #: Token pooling by registered name: "eos" (final [SEP], the paper), "cls", "mean".
     pooling: str = "eos"
-    #: Maximum token length (official-spec §2.4).
+    #: Maximum token length (docs/original.md §2.4).
     max_length: int = TEXT_MAX_LENGTH
     #: Freeze the embeddings and this many lower encoder layers (0 = all trainable, the paper).
     freeze_layers: int = 0
@@ -124,7 +124,7 @@ class MammoClipCfg:
     name: str = "custom"
     #: Joint embedding dimension of both linear projections (512 in the paper).
     embed_dim: int = PAPER_EMBED_DIM
-    #: Initial temperature; logit_scale starts at ln(1 / init_temperature) (official-spec §3).
+    #: Initial temperature; logit_scale starts at ln(1 / init_temperature) (docs/original.md §3).
     init_temperature: float = INIT_TEMPERATURE
     image: ImageTowerCfg = field(default_factory=ImageTowerCfg)
     text: TextTowerCfg = field(default_factory=lambda: TextTowerCfg(pretrained="emilyalsentzer/Bio_ClinicalBERT"))

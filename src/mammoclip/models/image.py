@@ -1,6 +1,6 @@
 """Image tower: a timm CNN trunk, a registered pooling and the paper's dropout.
 
-The paper encoder is lukemelas' ``efficientnet_pytorch`` EfficientNet (official-spec §3). timm's
+The paper encoder is lukemelas' ``efficientnet_pytorch`` EfficientNet (docs/original.md §3). timm's
 ``tf_efficientnet_b5``/``b2`` are the same networks under other module names; two things are needed
 to reproduce the official model exactly on top of timm:
 
@@ -225,7 +225,7 @@ class TimmEncoder(Protocol):
 
 
 class ImageTower(nn.Module):
-    """timm trunk + pooling + dropout; honours timm's encoder interface (style rule 4).
+    """timm trunk + pooling + dropout; honours timm's encoder interface (docs/architecture.md, design rule 4).
 
     Attributes:
         trunk: The timm model, built with ``num_classes=0, global_pool=""``.

@@ -1,4 +1,8 @@
-"""Model registry: JSON configs in ``model_configs/`` discovered at import, and the factory.
+"""Model registry: the named configs, JSON files in ``model_configs/`` discovered at import.
+
+The registry holds *configs* only; :mod:`mammoclip.models.factory` turns one into a model. Keeping
+the two apart lets the towers resolve a registry name without importing the model classes (the
+package imports in one direction: config -> registry -> towers -> clip -> checkpoint -> factory).
 
 Reference: open_clip ``src/open_clip/factory.py`` (``_rescan_model_configs``, ``list_models``,
 ``add_model_config``, ``create_model``) and timm ``timm/models/_factory.py``.
@@ -12,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mammoclip.errors import ConfigError
-from mammoclip.models.clip import MammoCLIP
 from mammoclip.models.config import MammoClipCfg
-from mammoclip.models.text import get_tokenizer
 
-__all__ = ["create_model", "get_model_config", "get_tokenizer", "list_models", "register_model_config",
-           "resolve_config"]
+__all__ = ["get_model_config", "list_models", "register_model_config", "resolve_config"]
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _MODEL_CONFIGS: dict[str, dict[str, Any]] = {}
@@ -95,37 +96,6 @@ def resolve_config(name_or_cfg: str | dict[str, Any] | MammoClipCfg, **overrides
         size = overrides.pop("image_size")
         overrides = _merge(overrides, {"preprocess": {"image_size": list(size)}})
     return MammoClipCfg.from_dict(_merge(d, overrides))
-
-
-def create_model(name_or_cfg: str | dict[str, Any] | MammoClipCfg, pretrained: bool | str = True,
-                 **overrides: Any) -> MammoCLIP:
-    """Build a :class:`MammoCLIP` from the registry.
-
-    Args:
-        name_or_cfg: A registered name (see :func:`list_models`), a config dict or a config.
-        pretrained: True = load the pretrained sources named in the config (package-shipped files
-            load offline; hub names need network); False = random weights, nothing is read;
-            a string = a mammoclip checkpoint directory (or an official ``.tar``) whose weights are
-            loaded strictly into the model built from ``name_or_cfg``.
-        **overrides: Merged into the config (see :func:`resolve_config`).
-
-    Returns:
-        The model, in train mode.
-
-    Example:
-        >>> model = create_model("mammoclip-tiny")
-        >>> tok = get_tokenizer(model)
-        >>> model.encode_text(**tok(["no mass"])).shape
-        torch.Size([1, 64])
-    """
-    cfg = resolve_config(name_or_cfg, **overrides)
-    if isinstance(pretrained, str):
-        from mammoclip.models.checkpoint import load_weights_into
-
-        model = MammoCLIP(cfg, pretrained=False)
-        load_weights_into(model, pretrained)
-        return model
-    return MammoCLIP(cfg, pretrained=bool(pretrained))
 
 
 _rescan_model_configs()

@@ -1,7 +1,7 @@
 """Text tower: any BERT-family transformers encoder, a registered token pooling, a tokenizer wrapper.
 
 The paper's tower is ``emilyalsentzer/Bio_ClinicalBERT`` pooled at the final ``[SEP]`` ("eos",
-official-spec §3). Weights come from a hub name, a local directory or a package-shipped directory
+docs/original.md §3). Weights come from a hub name, a local directory or a package-shipped directory
 (:mod:`mammoclip.models.pretrained`); a tower can also be built randomly from a stored config, which
 is how checkpoints rebuild offline.
 
@@ -21,6 +21,7 @@ from torch import nn
 from mammoclip.errors import ConfigError
 from mammoclip.models.config import MammoClipCfg, TextTowerCfg
 from mammoclip.models.pretrained import offline, resolve_source
+from mammoclip.models.registry import resolve_config
 
 # --- pooling registry ------------------------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class Tokenizer:
     """Callable wrapper: ``tok(list[str]) -> {"input_ids", "attention_mask"}`` with dynamic padding.
 
     Pads to the longest sequence in the batch (the original pads every caption to 256 tokens,
-    official-spec §10 "Speed"), truncates at ``max_length``, right padding (``eos`` pooling relies on it).
+    docs/original.md §10 "Speed"), truncates at ``max_length``, right padding (``eos`` pooling relies on it).
     """
 
     def __init__(self, hf_tokenizer: Any, max_length: int, source: str) -> None:
@@ -277,8 +278,6 @@ def get_tokenizer(model_or_name: Any) -> Tokenizer:
         cfg = cast(MammoClipCfg, model_or_name.cfg)
         base_dir = getattr(model_or_name, "source_dir", None)
     elif isinstance(model_or_name, str):
-        from mammoclip.models.registry import resolve_config  # the registry imports this module
-
         cfg = resolve_config(model_or_name)
     else:
         cfg = model_or_name
