@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _cohort(patients: int, size: tuple[int, int], folder: Path) -> Path:
-    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.synthetic import generate_cohort
 
     return generate_cohort(folder, n_patients=patients, seed=0, image_size=size, fmt="png", workers=2)
 

@@ -36,13 +36,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.data.dicom_factory import phantom, write_dicom  # noqa: E402
+from tests.imaging.dicom_factory import phantom, write_dicom  # noqa: E402
 
-from mammoclip.data.breast import BreastPreprocess  # noqa: E402
-from mammoclip.data.dicom import decode_dicom  # noqa: E402
-from mammoclip.data.imageio import write_png  # noqa: E402
 from mammoclip.data.manifest import Bundle  # noqa: E402
 from mammoclip.data.preprocess import PreprocessOptions, preprocess, reuse_freed_memory  # noqa: E402
+from mammoclip.imaging.breast import BreastPreprocess  # noqa: E402
+from mammoclip.imaging.dicom import decode_dicom  # noqa: E402
+from mammoclip.imaging.imageio import write_png  # noqa: E402
 
 CASES = [((3328, 2560), "uncompressed"), ((3328, 2560), "j2k"), ((4096, 3328), "uncompressed"), ((4096, 3328), "j2k")]
 STAGES = ("decode", "segment", "resize", "encode")

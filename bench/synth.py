@@ -19,7 +19,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from mammoclip.data.synthetic import generate_cohort
+from mammoclip.synthetic import generate_cohort
 
 
 def _children_peak_mb() -> float:

@@ -64,8 +64,8 @@ def _setup(args: argparse.Namespace, grad_ckpt: bool = False):
 def _dataset(args: argparse.Namespace, tokenizer):
     from mammoclip.data.datasets import ImageTextDataset, PairCollate
     from mammoclip.data.manifest import load_bundle
-    from mammoclip.data.synthetic import generate_cohort
     from mammoclip.data.transforms import build_augmentation
+    from mammoclip.synthetic import generate_cohort
 
     cohort = args.cohort
     if cohort is None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import load_bundle
-from mammoclip.data.synthetic import generate_cohort
+from mammoclip.imaging.imageio import read_image
+from mammoclip.synthetic import generate_cohort
 
 #: Box colours (BGR) per finding label.
 COLOURS: dict[str, tuple[int, int, int]] = {

@@ -6,7 +6,7 @@
 * ``small_cohort(tmp_path, n_patients=4, size=(256, 160), fmt="png", seed=0, **options)``: a plain
   function (``from tests.conftest import small_cohort``) that writes a fresh cohort into
   ``tmp_path / "cohort"`` and returns its manifest Path. ``options`` go to
-  :func:`mammoclip.data.synthetic.generate_cohort` (e.g. ``prevalence={"mass": 1.0}``).
+  :func:`mammoclip.synthetic.generate_cohort` (e.g. ``prevalence={"mass": 1.0}``).
 * ``make_cohort``: the same as a fixture factory bound to the test's ``tmp_path``:
   ``manifest = make_cohort(n_patients=3, fmt="dicom")``.
 
@@ -36,7 +36,7 @@ TEST_IMAGE_SIZE: tuple[int, int] = (256, 160)
 def small_cohort(tmp_path: Path, n_patients: int = 4, size: tuple[int, int] = TEST_IMAGE_SIZE,
                  fmt: str = "png", seed: int = 0, **options: Any) -> Path:
     """Generate a small synthetic cohort under ``tmp_path / "cohort"``; returns the manifest Path."""
-    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.synthetic import generate_cohort
 
     return generate_cohort(Path(tmp_path) / "cohort", n_patients, seed=seed, image_size=size, fmt=fmt,
                            progress=False, **options)

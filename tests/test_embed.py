@@ -28,7 +28,7 @@ def tiny():  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory, tiny) -> Path:  # noqa: ANN001
-    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.synthetic import generate_cohort
 
     return generate_cohort(tmp_path_factory.mktemp("emb"), 3, seed=1, image_size=tiny.preprocess_cfg.image_size,
                            progress=False)

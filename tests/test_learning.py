@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from mammoclip.data.manifest import load_bundle
-from mammoclip.data.synthetic import generate_cohort
 from mammoclip.evaluate.probe import run_probe
 from mammoclip.evaluate.zeroshot import run_zeroshot
 from mammoclip.models import create_model, load_checkpoint
+from mammoclip.synthetic import generate_cohort
 from mammoclip.train.pretrain import run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The losses against a slow reference written from the formula of official-spec §4."""
+"""The losses against a slow reference written from the formula of docs/original.md §4."""
 
 from __future__ import annotations
 

@@ -117,11 +117,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
 
     from mammoclip.data.manifest import load_bundle
     from mammoclip.data.preprocess import PreprocessOptions, preprocess
-    from mammoclip.data.synthetic import generate_cohort
     from mammoclip.demo_report import write_demo_html
     from mammoclip.evaluate.probe import run_probe
     from mammoclip.evaluate.zeroshot import run_zeroshot
     from mammoclip.models import create_model, load_checkpoint
+    from mammoclip.synthetic import generate_cohort
     from mammoclip.train.config import load_config
     from mammoclip.train.pretrain import run_pretraining
 
@@ -216,7 +216,7 @@ def cohort_grid(bundle: Any, path: Path, n_breasts: int = 6) -> Path:
     """A grid of CC/MLO pairs (preprocessed images) with their lesion boxes, for the report."""
     import cv2
 
-    from mammoclip.data.imageio import read_image
+    from mammoclip.imaging.imageio import read_image
 
     images = bundle.images
     boxes = bundle.boxes

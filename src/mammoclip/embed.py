@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 
 from mammoclip.data.datasets import resize_to, to_tensor
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import Bundle
 from mammoclip.data.transforms import normalize_images
 from mammoclip.errors import DataError
 from mammoclip.evaluate.features import check_image_size, extract_features, model_device
+from mammoclip.imaging.imageio import read_image
 
 #: Key of the provenance record in the Parquet schema metadata.
 META_KEY = b"mammoclip"

@@ -1,6 +1,6 @@
 """Contrastive losses of Mammo-CLIP, with explicit distributed arguments.
 
-The Mammo-CLIP loss (official-spec §4, ``breastclip/loss/breast_clip.py``) treats all four
+The Mammo-CLIP loss (docs/original.md §4, ``breastclip/loss/breast_clip.py``) treats all four
 view x caption combinations of a breast as positives:
 
 * i2t = mean of CE(s I1 T1allᵀ), CE(s I2 T1allᵀ), CE(s I1 T2allᵀ), CE(s I2 T2allᵀ)
@@ -14,7 +14,7 @@ local row ``i`` is ``i + rank·B``. Every rank's loss therefore covers the globa
 of the rank losses equals the loss of one process holding the whole batch (DDP averages gradients,
 and the gather's backward sums the column gradients back onto their owners).
 
-The loss takes the model's forward dict by keyword (design.md §2: models and losses never import
+The loss takes the model's forward dict by keyword (docs/architecture.md, "Layers": models and losses never import
 each other; the dict is the contract). Reference: open_clip ``loss.py`` (``ClipLoss(rank, world_size)``).
 """
 
@@ -104,7 +104,7 @@ class _GatherLoss(nn.Module):
 
 @register_loss("mammoclip")
 class MammoClipLoss(_GatherLoss):
-    """The Mammo-CLIP multi-view loss (official-spec §4), exactly.
+    """The Mammo-CLIP multi-view loss (docs/original.md §4), exactly.
 
     Args:
         i2i_weight: Weight of the image-image (view1 <-> view2) term.

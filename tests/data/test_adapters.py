@@ -13,7 +13,7 @@ from mammoclip.data.adapters import build_bundle, get_adapter, list_adapters
 from mammoclip.data.manifest import load_bundle, validate_manifest
 from mammoclip.data.preprocess import PreprocessOptions, preprocess
 from mammoclip.errors import ConfigError, DataError
-from tests.data.dicom_factory import phantom, write_dicom
+from tests.imaging.dicom_factory import phantom, write_dicom
 
 
 def _valid(bundle) -> None:  # noqa: ANN001
@@ -78,7 +78,7 @@ def test_vindr_boxes_follow_preprocessing(tmp_path: Path) -> None:
     out = load_bundle(tmp_path / "out")
     box = out.boxes[out.boxes["label"] == "Mass"].iloc[0]
     assert box["space"] == "processed"
-    from mammoclip.data.imageio import read_image
+    from mammoclip.imaging.imageio import read_image
 
     img = read_image(out.abspath(out.images["path"][0]))
     inside = img[int(np.ceil(box["ymin"])):int(box["ymax"]), int(np.ceil(box["xmin"])):int(box["xmax"])]
@@ -191,7 +191,7 @@ def test_synthetic_cohort_preprocessed(tmp_path: Path) -> None:
     assert result.failed == 0 and result.processed == 8
     out = load_bundle(tmp_path / "out", check_files=True)
     assert len(out.boxes) > 0 and set(out.boxes["space"]) == {"processed"}
-    from mammoclip.data.imageio import read_image
+    from mammoclip.imaging.imageio import read_image
 
     for box in out.boxes.itertuples():
         if isinstance(box.mask_path, str):

@@ -13,10 +13,10 @@ import pytest
 
 from mammoclip.data.adapters import build_bundle
 from mammoclip.data.adapters.cbis_ddsm import mask_box
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import load_bundle
 from mammoclip.data.preprocess import PreprocessOptions, preprocess
-from tests.data.dicom_factory import phantom, write_dicom
+from mammoclip.imaging.imageio import read_image
+from tests.imaging.dicom_factory import phantom, write_dicom
 
 SHAPE = (400, 256)
 LESION = (200, 90, 14)  # (row, col, radius) of the phantom's bright disc, left-side coordinates

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from mammoclip.cli.main import main
-from mammoclip.data.breast import TransformRecord
-from mammoclip.data.imageio import read_image, write_png
 from mammoclip.data.manifest import Bundle, load_bundle, read_boxes
 from mammoclip.data.preprocess import PreprocessOptions, merge_shards, preprocess
 from mammoclip.errors import ConfigError, DataError
-from tests.data.dicom_factory import phantom, write_dicom
+from mammoclip.imaging.breast import TransformRecord
+from mammoclip.imaging.imageio import read_image, write_png
+from tests.imaging.dicom_factory import phantom, write_dicom
 
 SIZE = (96, 64)
 LESION = (200, 90, 14)  # row, col, radius in a left-facing (400, 256) phantom

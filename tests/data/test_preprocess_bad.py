@@ -18,14 +18,14 @@ import pytest
 
 from mammoclip.cli.main import main
 from mammoclip.constants import PAPER_BORDER_CROP
-from mammoclip.data.breast import paper_preprocess
-from mammoclip.data.dicom import read_dicom
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import Bundle, load_bundle
 from mammoclip.data.preprocess import PreprocessOptions, preprocess
 from mammoclip.errors import DataError
-from tests.data.dicom_factory import phantom, write_dicom
+from mammoclip.imaging.breast import paper_preprocess
+from mammoclip.imaging.dicom import read_dicom
+from mammoclip.imaging.imageio import read_image
 from tests.data.test_preprocess import SIZE, make_source
+from tests.imaging.dicom_factory import phantom, write_dicom
 
 GOOD = 3
 

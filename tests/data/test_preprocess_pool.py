@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import load_bundle
 from mammoclip.data.preprocess import (
     PreprocessOptions,
@@ -24,6 +23,7 @@ from mammoclip.data.preprocess import (
     usable_cores,
 )
 from mammoclip.errors import ConfigError
+from mammoclip.imaging.imageio import read_image
 from tests.data.test_preprocess import SIZE, make_source
 
 
@@ -99,7 +99,7 @@ def _slow_source(root: Path, n: int) -> Path:
     import shutil
 
     from mammoclip.data.manifest import Bundle
-    from tests.data.dicom_factory import phantom, write_dicom
+    from tests.imaging.dicom_factory import phantom, write_dicom
 
     first = write_dicom(root / "dicom" / "big0.dcm", phantom((2400, 1800), seed=0), bits=12)
     rows = []

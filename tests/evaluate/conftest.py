@@ -27,7 +27,7 @@ def tiny_model():  # noqa: ANN201 - a MammoCLIP
 @pytest.fixture(scope="session")
 def eval_cohort(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Path:  # noqa: ANN001
     """Manifest of a 24-patient PNG cohort at the tiny model's input size (read-only)."""
-    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.synthetic import generate_cohort
 
     size = tuple(tiny_model.preprocess_cfg.image_size)
     return generate_cohort(tmp_path_factory.mktemp("evalcohort"), EVAL_PATIENTS, seed=3, image_size=size,

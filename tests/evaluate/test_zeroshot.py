@@ -14,13 +14,13 @@ from PIL import Image
 
 from mammoclip.cli.main import main
 from mammoclip.data.datasets import to_tensor
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import load_bundle
 from mammoclip.data.transforms import normalize_images
 from mammoclip.errors import ConfigError, DataError
 from mammoclip.evaluate import zeroshot as zs_mod
 from mammoclip.evaluate.tasks import get_task
 from mammoclip.evaluate.zeroshot import class_embeddings, load_prompts, run_zeroshot
+from mammoclip.imaging.imageio import read_image
 
 
 def test_zeroshot_writes_per_image_and_per_breast_outputs(tiny_model, eval_cohort: Path, tmp_path: Path,  # noqa: ANN001

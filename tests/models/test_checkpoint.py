@@ -68,7 +68,7 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
 
 def _official_dict(ref_image: EfficientNet, ref_text: BertModel, img_proj: torch.nn.Linear,
                    txt_proj: torch.nn.Linear, logit_scale: torch.Tensor) -> dict:
-    """A dict with exactly the official layout (official-spec §3 state dict, §5 checkpoint keys)."""
+    """A dict with exactly the official layout (docs/original.md §3 state dict, §5 checkpoint keys)."""
     model = {f"image_encoder.{k}": v for k, v in ref_image.state_dict().items() if not k.startswith("_fc.")}
     model.update({f"text_encoder.text_encoder.{k}": v for k, v in ref_text.state_dict().items()})
     model.update({f"image_projection.projection.{k}": v for k, v in img_proj.state_dict().items()})

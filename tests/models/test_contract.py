@@ -1,5 +1,5 @@
 """Registry-driven contract tests: every registered model builds, runs forward + backward on CPU at
-a small size, returns the documented keys and shapes, and has no NaNs (style rule 9)."""
+a small size, returns the documented keys and shapes, and has no NaNs (docs/architecture.md, design rule 9)."""
 
 from __future__ import annotations
 

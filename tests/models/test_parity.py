@@ -1,4 +1,4 @@
-"""Parity of our timm image tower with the reference lukemelas ``efficientnet_pytorch`` (official-spec §3).
+"""Parity of our timm image tower with the reference lukemelas ``efficientnet_pytorch`` (docs/original.md §3).
 
 Random reference weights (``EfficientNet.from_name``: no download) are converted with our key mapping;
 pooled features must agree within 1e-4, including at the paper's 1520x912, where timm's dynamic SAME

@@ -11,10 +11,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from mammoclip.data.datasets import ImageTextDataset, LabelTextDataset, MixedDataset, PairCollate
-from mammoclip.data.imageio import write_png
 from mammoclip.data.manifest import Bundle
-from mammoclip.data.prompts import labels_to_text
 from mammoclip.data.transforms import RandomAffine, build_augmentation
+from mammoclip.imaging.imageio import write_png
+from mammoclip.text.prompts import labels_to_text
 
 H, W = 32, 24
 VIEW_CODE = {"CC": 1000, "MLO": 2000}

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.synthetic import generate_cohort
 
     # seed 1: 5 test patients with both classes of `mass`
     return generate_cohort(tmp_path_factory.mktemp("ft"), 16, seed=1, image_size=(128, 80), progress=False)

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the cohort and print where the manifest is."""
     from mammoclip.constants import PAPER_IMAGE_SIZE
-    from mammoclip.data.synthetic import generate_cohort
+    from mammoclip.synthetic import generate_cohort
 
     if args.patients <= 0:
         raise ConfigError(f"--patients must be positive, got {args.patients}")

@@ -58,7 +58,7 @@ def _emit(data: Any, output: Path | None) -> None:
 
 
 def _parse(args: argparse.Namespace) -> int:
-    from mammoclip.data.reports import read_report
+    from mammoclip.text.reports import read_report
 
     results = [read_report(p, deidentify_text=not args.no_deidentify).to_dict() for p in args.reports]
     for result in results:
@@ -71,8 +71,8 @@ def _parse(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from mammoclip.constants import TEXT_MAX_LENGTH
     from mammoclip.data.manifest import load_bundle
-    from mammoclip.data.text_stats import corpus_summary
     from mammoclip.errors import DataError
+    from mammoclip.text.stats import corpus_summary
 
     bundle = load_bundle(args.manifest)
     if not len(bundle.reports):
@@ -86,7 +86,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _prompts(args: argparse.Namespace) -> int:
-    from mammoclip.data.prompts import list_zero_shot_tasks, zero_shot_prompts, zero_shot_task
+    from mammoclip.text.prompts import list_zero_shot_tasks, zero_shot_prompts, zero_shot_task
 
     if args.task is None:
         for name in list_zero_shot_tasks():

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import Bundle
 from mammoclip.data.transforms import ArrayTransform
+from mammoclip.imaging.imageio import read_image
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -59,7 +59,7 @@ class ImageDataset(Dataset):
 
 
 # ------------------------------------------------------------------------ pre-training datasets ---
-# One item per breast (study x laterality): two views and two captions (official-spec §2.2, §4).
+# One item per breast (study x laterality): two views and two captions (docs/original.md §2.2, §4).
 # Every random choice of an item (views, captions, augmentation) comes from a generator seeded by
 # (base seed, epoch, index), so the data order and content depend neither on the number of workers
 # nor on where a resumed run starts.
@@ -149,7 +149,7 @@ class _BreastPairs(Dataset):
 
 
 class ImageTextDataset(_BreastPairs):
-    """Image-text pairs: two views of a breast and two captions of its report (official-spec §2.2).
+    """Image-text pairs: two views of a breast and two captions of its report (docs/original.md §2.2).
 
     Captions: with two or more non-empty sections (findings, impression), two section indices are
     drawn independently with replacement and each pick uses its augmented version with probability
@@ -158,7 +158,7 @@ class ImageTextDataset(_BreastPairs):
 
     A screening report describes both breasts, but each item is one breast. With ``per_breast``
     (the default) each section is cut down to the sentences about this breast or about both
-    (:meth:`mammoclip.data.reports.ParsedReport.captions`), so the left breast with a mass is not
+    (:meth:`mammoclip.text.reports.ParsedReport.captions`), so the left breast with a mass is not
     paired with "no suspicious findings in the right breast"; the original pairs every breast with
     the whole report, which leaves the two breasts of a study with identical captions. A section
     with no sentence about this breast is left out (an impression about the other breast only);
@@ -213,7 +213,7 @@ class ImageTextDataset(_BreastPairs):
             return texts
         cached = self._breast_captions.get(index)
         if cached is None:
-            from mammoclip.data.reports import SECTION_HEADERS, parse_report
+            from mammoclip.text.reports import SECTION_HEADERS, parse_report
 
             cached = []
             for name, text in zip(self._section_names[index], texts):
@@ -246,10 +246,10 @@ class ImageTextDataset(_BreastPairs):
 
 
 class LabelTextDataset(_BreastPairs):
-    """Image-label data as text (official-spec §2.3): each view's labels become a short report.
+    """Image-label data as text (docs/original.md §2.3): each view's labels become a short report.
 
     Caption 1 describes the first sampled view's labels and caption 2 the second's, through
-    :func:`mammoclip.data.prompts.labels_to_text` (random templates in training, the first template
+    :func:`mammoclip.text.prompts.labels_to_text` (random templates in training, the first template
     in validation). Breasts whose rows carry no label are skipped.
 
     Args:
@@ -273,7 +273,7 @@ class LabelTextDataset(_BreastPairs):
                 self.breasts.append(breast)
 
     def _text_of(self, row: int, rng: np.random.Generator) -> str:
-        from mammoclip.data.prompts import labels_to_text
+        from mammoclip.text.prompts import labels_to_text
 
         rec = self.images.loc[row]
         findings = {c: (None if pd.isna(rec[c]) else bool(rec[c])) for c in self.columns}
@@ -299,7 +299,7 @@ class MixedDataset(ConcatDataset):
                 d.set_epoch(epoch)
 
 
-#: Offline caption augmentation used when none is given (a :func:`mammoclip.data.text_augment.build_augmenter`
+#: Offline caption augmentation used when none is given (a :func:`mammoclip.text.augment.build_augmenter`
 #: spec): sentence shuffle + lexicon paraphrase, standing in for the original's back-translation.
 DEFAULT_TEXT_AUGMENT: str = "shuffle,lexicon:p=0.5"
 
@@ -308,7 +308,7 @@ def default_text_augmenter(spec: str = DEFAULT_TEXT_AUGMENT) -> TextAugmenter | 
     """The caption augmenter built from ``spec`` (None for an empty spec)."""
     if not spec:
         return None
-    from mammoclip.data.text_augment import build_augmenter
+    from mammoclip.text.augment import build_augmenter
 
     return build_augmenter(spec)
 

@@ -42,7 +42,7 @@ BINARY_LABEL_COLUMNS: tuple[str, ...] = ("mass", "calcification", "distortion", 
 #: Optional label columns with their own vocabularies.
 LABEL_COLUMNS: tuple[str, ...] = ("density", "birads", *BINARY_LABEL_COLUMNS)
 #: The preprocessing record: maps original pixel coordinates to the processed image and back
-#: (see :mod:`mammoclip.data.breast`). All optional; present once an image has been preprocessed.
+#: (see :mod:`mammoclip.imaging.breast`). All optional; present once an image has been preprocessed.
 TRANSFORM_COLUMNS: tuple[str, ...] = (
     "orig_height",
     "orig_width",

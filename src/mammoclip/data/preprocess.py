@@ -1,6 +1,6 @@
 """Batch preprocessing: a DICOM manifest (or an adapter source) -> PNGs + manifest with transform record.
 
-Design choices, each for a reason the original lacked (official-spec §1, §10):
+Design choices, each for a reason the original lacked (docs/original.md §1, §10):
 
 * Each worker decodes a DICOM **once** and maps all of that image's boxes and masks (the original
   re-decoded once per finding).
@@ -31,16 +31,6 @@ import numpy as np
 import pandas as pd
 
 from mammoclip.constants import PAPER_BORDER_CROP, PAPER_IMAGE_SIZE
-from mammoclip.data.breast import (
-    FLIP_TARGETS,
-    RESIZE_MODES,
-    WINDOWS,
-    BreastPreprocess,
-    TransformRecord,
-    paper_preprocess,
-)
-from mammoclip.data.dicom import decode_dicom, read_dicom
-from mammoclip.data.imageio import read_image, write_bytes_atomic, write_png
 from mammoclip.data.manifest import (
     BOX_COLUMNS,
     MANIFEST_FILE,
@@ -53,6 +43,16 @@ from mammoclip.data.manifest import (
     write_reports,
 )
 from mammoclip.errors import ConfigError, DataError
+from mammoclip.imaging.breast import (
+    FLIP_TARGETS,
+    RESIZE_MODES,
+    WINDOWS,
+    BreastPreprocess,
+    TransformRecord,
+    paper_preprocess,
+)
+from mammoclip.imaging.dicom import decode_dicom, read_dicom
+from mammoclip.imaging.imageio import read_image, write_bytes_atomic, write_png
 
 MODES: tuple[str, ...] = ("ours", "paper")
 WINDOW_CHOICES: tuple[str, ...] = ("voi", *WINDOWS)
@@ -71,7 +71,7 @@ class PreprocessOptions:
         flip_to: ``left`` mirrors breasts so the chest wall is on the left; ``none`` keeps them.
         window: ``voi`` (the DICOM's VOI LUT/window; min-max in the breast when absent), ``minmax``
             or ``percentile`` (0.5-99.5 %), both computed inside the breast crop.
-        mode: ``ours`` (segmentation crop) or ``paper`` (official-spec §1 reproduced exactly; only
+        mode: ``ours`` (segmentation crop) or ``paper`` (docs/original.md §1 reproduced exactly; only
             ``size`` applies).
     """
 

@@ -44,10 +44,10 @@ def normalize_images(images: torch.Tensor, cfg: PreprocessCfg) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------- train-time augmentation ---
-# Small array transforms with explicit randomness (style.md rule 6): each samples its parameters
+# Small array transforms with explicit randomness (docs/architecture.md, design rule 6): each samples its parameters
 # from a ``numpy.random.Generator`` the caller passes, so an item's augmentation depends only on the
 # seed the dataset derives from (base seed, epoch, index), never on worker count or order.
-# The paper's set (official-spec §5) is flips + Affine + Elastic. The original's albumentations
+# The paper's set (docs/original.md §5) is flips + Affine + Elastic. The original's albumentations
 # 1.4.7 read its scalar Affine arguments as *constants* (always +20° rotation, +20° shear, +10%
 # shift); here they are symmetric ranges, which is what was intended.
 
@@ -203,7 +203,7 @@ class Keyed:
 
 #: Augmentation presets by name (``data.augment`` in a run config).
 AUGMENTATIONS: dict[str, Callable[[], ArrayTransform | None]] = {
-    # official-spec §5 (flips p 0.5, Affine p 0.5 with ranges, Elastic p 0.5 alpha 10 sigma 15).
+    # docs/original.md §5 (flips p 0.5, Affine p 0.5 with ranges, Elastic p 0.5 alpha 10 sigma 15).
     "paper": lambda: Compose([RandomFlip(0.5, 0.5), RandomAffine(20, 0.1, (0.8, 1.2), 20, p=0.5),
                               RandomElastic(10, 15, p=0.5)]),
     # cheaper, milder set for small CPU runs.

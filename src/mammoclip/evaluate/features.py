@@ -3,7 +3,7 @@
 Features are extracted once per (model weights, manifest, image size, kind) with the model in
 ``eval()`` mode under ``torch.no_grad()``: BatchNorm uses its running statistics and dropout is
 off, which is what makes the probe a *linear probe* (the original keeps the encoder in train mode,
-official-spec §6.2). The cache key hashes the weights themselves, so a retrained checkpoint in the
+docs/original.md §6.2). The cache key hashes the weights themselves, so a retrained checkpoint in the
 same folder never reuses stale features.
 """
 
@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from mammoclip.data.datasets import ImageDataset
-from mammoclip.data.imageio import read_image
 from mammoclip.data.manifest import Bundle
 from mammoclip.data.transforms import normalize_images
 from mammoclip.errors import DataError
+from mammoclip.imaging.imageio import read_image
 
 #: Feature kinds: pooled image-tower features (before projection) or the projected, L2-normalised
 #: joint embedding.

@@ -1,7 +1,7 @@
 """Classification metrics, per-breast aggregation and patient-level bootstrap confidence intervals.
 
 The original code reports one AUC per image (VinDr even per *finding row*, so images with several
-findings count several times) and no uncertainty at all (official-spec §6.1-6.2). Here every metric
+findings count several times) and no uncertainty at all (docs/original.md §6.1-6.2). Here every metric
 can be computed per image or per breast (patient x laterality, max or mean over the views), and
 comes with a bootstrap 95% interval whose resampling unit is the **patient**: images of one patient
 are correlated, and resampling images would give intervals that are too narrow.
@@ -179,7 +179,7 @@ def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float
 # --- per-breast aggregation ------------------------------------------------------------------------
 
 #: How views of one breast are combined. "max": a finding seen in any view counts (the clinical
-#: reading); "mean": the RSNA convention of the original (official-spec §6.2).
+#: reading); "mean": the RSNA convention of the original (docs/original.md §6.2).
 AGGREGATIONS: dict[str, str] = {"max": "max", "mean": "mean"}
 
 

@@ -1,6 +1,6 @@
 """True linear probe with data-efficiency curves and init baselines.
 
-Fixes to the original's protocol (official-spec §6.2, mission §3):
+Fixes to the original's protocol (docs/original.md §6.2, docs/original.md §9):
 
 * the encoder is **frozen for real**: features are extracted once in ``eval()`` mode under
   ``no_grad`` (no BatchNorm update, no dropout) and cached; the head is a scikit-learn

@@ -1,6 +1,6 @@
 """Evaluation outputs people look at: ``results.json``, ``predictions.csv``, PNG plots, ``index.html``.
 
-Every evaluation command writes a run directory with the same layout (design.md §6):
+Every evaluation command writes a run directory with the same layout (docs/architecture.md, "Outputs"):
 
 * ``results.json`` -- the metrics (with 95% CIs) and a flat ``summary`` dict of headline numbers
   that :func:`compare_runs` puts side by side;

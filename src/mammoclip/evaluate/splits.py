@@ -2,7 +2,7 @@
 
 The original samples label fractions per *row* (``train_folds.sample(frac)``), so one patient's
 images can be split between "labelled" and "unlabelled", and it selects the best epoch on the test
-split (official-spec §6.2). Everything here works on whole patients, and :func:`assert_disjoint`
+split (docs/original.md §6.2). Everything here works on whole patients, and :func:`assert_disjoint`
 is called before any fit so that a leak is an error, not a number.
 """
 

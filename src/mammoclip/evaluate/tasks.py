@@ -26,7 +26,7 @@ class TaskSpec:
     column: str
     #: Class values in label-index order (index 1 is the positive class of a binary task).
     classes: tuple[object, ...]
-    #: Task name understood by :func:`mammoclip.data.prompts.zero_shot_prompts`.
+    #: Task name understood by :func:`mammoclip.text.prompts.zero_shot_prompts`.
     prompt_task: str
 
     @property

@@ -1,7 +1,7 @@
 """Zero-shot classification with prompt ensembles.
 
 The original scores an image with a softmax over the raw cosine similarities to one two-word prompt
-per class, per image only (official-spec §6.1). Here each class is a prompt *ensemble*: the prompts
+per class, per image only (docs/original.md §6.1). Here each class is a prompt *ensemble*: the prompts
 are embedded once, L2-normalised, averaged and renormalised (CLIP's recipe); images are streamed
 through a DataLoader; the softmax is over cosine similarities (optionally multiplied by the learnt
 logit scale, which sharpens probabilities without changing the ranking); results come per image and
@@ -24,7 +24,7 @@ from mammoclip.evaluate.features import check_image_size, image_batches, model_d
 from mammoclip.evaluate.metrics import DEFAULT_BOOTSTRAP, evaluate_predictions, score_columns
 from mammoclip.evaluate.tasks import TaskSpec, get_task, task_labels
 
-#: Built-in prompt styles of :func:`mammoclip.data.prompts.zero_shot_prompts`.
+#: Built-in prompt styles of :func:`mammoclip.text.prompts.zero_shot_prompts`.
 PROMPT_STYLES: tuple[str, ...] = ("paper", "ensemble")
 #: Texts per tokenizer/encoder batch when embedding prompts or reports.
 TEXT_BATCH: int = 64
@@ -44,7 +44,7 @@ def load_prompts(task: TaskSpec, prompts: str | Path | dict[str, list[str]]) -> 
     if isinstance(prompts, dict):
         table = prompts
     elif str(prompts) in PROMPT_STYLES:
-        from mammoclip.data.prompts import zero_shot_prompts
+        from mammoclip.text.prompts import zero_shot_prompts
 
         table = zero_shot_prompts(task.prompt_task, str(prompts))
     else:

@@ -1,6 +1,6 @@
 """Typed run configuration: YAML preset as defaults, ``--set key=value`` overrides, resolved ``args.yaml``.
 
-One path for every run (style.md rule 7): ``load_config(preset, overrides)`` -> :class:`RunConfig`
+One path for every run (docs/architecture.md, design rule 7): ``load_config(preset, overrides)`` -> :class:`RunConfig`
 (validated in ``__post_init__``) -> ``run_dir/args.yaml`` (with the git revision). Keys are dotted
 paths into the sections, e.g. ``--set optim.lr=1e-4 --set loop.batch_size=8``; values are parsed as
 YAML (``true``, ``1e-4``, ``[256, 160]``).
@@ -48,7 +48,7 @@ class DataSection:
 
     #: Manifests (file or folder) whose rows carry a ``report_id`` (two views, two captions).
     image_text: list[str] = field(default_factory=list)
-    #: Manifests whose binary labels become text through label->text templates (official-spec §2.3).
+    #: Manifests whose binary labels become text through label->text templates (docs/original.md §2.3).
     image_label: list[str] = field(default_factory=list)
     #: (height, width) fed to the model; null = the model's preprocessing size.
     image_size: tuple[int, int] | None = None
@@ -57,8 +57,8 @@ class DataSection:
     val_split: str = "val"
     #: Image augmentation preset of ``mammoclip.data.transforms`` ("paper", "light", "none").
     augment: str = "paper"
-    #: Caption augmenter spec (``mammoclip.data.text_augment.build_augmenter``); "" = off. The augmented
-    #: caption replaces the original with probability 0.5 (official-spec §2.2).
+    #: Caption augmenter spec (``mammoclip.text.augment.build_augmenter``); "" = off. The augmented
+    #: caption replaces the original with probability 0.5 (docs/original.md §2.2).
     text_augment: str = "shuffle,lexicon:p=0.5"
     #: Pair each breast with its own sentences of the report (False: the whole report, as the
     #: original does; see :class:`mammoclip.data.datasets.ImageTextDataset`).
@@ -73,7 +73,7 @@ class DataSection:
 class LossSection:
     """The objective (``mammoclip.losses.create_loss``)."""
 
-    #: "mammoclip" (official-spec §4) or "clip".
+    #: "mammoclip" (docs/original.md §4) or "clip".
     name: str = "mammoclip"
     #: Keyword arguments of the loss (weights, label smoothing).
     kwargs: dict[str, Any] = field(
@@ -83,7 +83,7 @@ class LossSection:
 
 @dataclass
 class OptimConfig:
-    """AdamW + schedule (official-spec §5: lr 5e-5, wd 1e-4, 1 warm-up epoch, cosine)."""
+    """AdamW + schedule (docs/original.md §5: lr 5e-5, wd 1e-4, 1 warm-up epoch, cosine)."""
 
     lr: float = 5e-5
     weight_decay: float = 1e-4
@@ -157,7 +157,7 @@ class LoopConfig:
 class EvalSection:
     """Validation extras run at each epoch end."""
 
-    #: Zero-shot tasks (``mammoclip.data.prompts.list_zero_shot_tasks()``) scored on the val split.
+    #: Zero-shot tasks (``mammoclip.text.prompts.list_zero_shot_tasks()``) scored on the val split.
     zero_shot: list[str] = field(default_factory=list)
     #: Prompt style for zero-shot ("paper" or "ensemble").
     prompt_style: str = "paper"

@@ -1,4 +1,4 @@
-"""One distributed code path, driven by the environment (style.md rule 8).
+"""One distributed code path, driven by the environment (docs/architecture.md, design rule 8).
 
 ``python -m mammoclip ...`` runs with world size 1; ``torchrun --nproc_per_node N -m mammoclip ...``
 sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` and the same code runs

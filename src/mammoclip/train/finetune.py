@@ -1,6 +1,6 @@
 """Full fine-tuning of the image tower with a task head, on the one training loop.
 
-Fixes to the original (official-spec §6.2): label fractions are drawn per patient (not per row),
+Fixes to the original (docs/original.md §6.2): label fractions are drawn per patient (not per row),
 the best epoch is selected on a validation set carved from the training patients (never on test),
 and the test split is scored once, with the selected weights. Rare positives are handled with a
 ``pos_weight`` computed from the *sampled* training rows (the original hard-codes it from all
@@ -47,16 +47,16 @@ BALANCING: tuple[str, ...] = ("weighted", "sampler", "none")
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning hyper-parameters (defaults: official-spec §6.2 where it gives them)."""
+    """Fine-tuning hyper-parameters (defaults: docs/original.md §6.2 where it gives them)."""
 
     #: Epochs per fit (the original: 30 on VinDr, 20 on RSNA).
     epochs: int = 30
     #: Images per step (the original: 8 on VinDr).
     batch_size: int = 8
-    #: AdamW learning rate and weight decay (official-spec §6.2).
+    #: AdamW learning rate and weight decay (docs/original.md §6.2).
     lr: float = 5e-5
     weight_decay: float = 1e-4
-    #: Warm-up in epochs before the cosine decay (official-spec §6.2: one epoch).
+    #: Warm-up in epochs before the cosine decay (docs/original.md §6.2: one epoch).
     warmup_epochs: float = 1.0
     #: "weighted" (pos_weight / class weights), "sampler" (class-balanced sampling) or "none".
     balancing: str = "weighted"

@@ -1,6 +1,6 @@
-"""Optimizer and learning-rate schedules, built outside the model (style.md rule 5).
+"""Optimizer and learning-rate schedules, built outside the model (docs/architecture.md, design rule 5).
 
-Fixes two quirks of the original (official-spec §10): its ``no_decay`` split never triggered, so
+Fixes two quirks of the original (docs/original.md §10): its ``no_decay`` split never triggered, so
 norms, biases and ``logit_scale`` were weight-decayed. Here no parameter with ``ndim < 2`` (biases,
 norm scales/shifts, the scalar logit scale) and no name the model lists in ``no_weight_decay()`` is
 decayed.
@@ -36,7 +36,7 @@ def list_schedules() -> list[str]:
 
 @register_schedule("cosine")
 def _cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warm-up from 0, then a half cosine down to ``min_ratio`` (official-spec §5).
+    """Linear warm-up from 0, then a half cosine down to ``min_ratio`` (docs/original.md §5).
 
     The original's ``cos²(π/2·t)`` equals ``(1 + cos(π t)) / 2``, the half cosine used here.
     """
@@ -82,7 +82,7 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (official-spec §5: lr 5e-5, wd 1e-4)."""
+    """AdamW over :func:`param_groups` (docs/original.md §5: lr 5e-5, wd 1e-4)."""
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
 
 

@@ -1,4 +1,4 @@
-"""Tasks: what the one training loop optimises (style.md rule 5: model + loss -> ``{"loss", ...}``).
+"""Tasks: what the one training loop optimises (docs/architecture.md, design rule 5: model + loss -> ``{"loss", ...}``).
 
 The loop (:mod:`mammoclip.train.loop`) knows nothing about CLIP or classifiers. It talks to a
 :class:`Task`:

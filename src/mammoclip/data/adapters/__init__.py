@@ -5,7 +5,7 @@ Each adapter module registers itself with :func:`register_adapter` under a name 
 ``load(source, **options) -> Bundle``. :func:`build_bundle` picks one by name or by detection, so
 new sources are added by writing a module, never by editing a chain of ifs.
 
-Formats (mission.md §4): ``folder`` (``<root>/<patient>/<study>/*.dcm`` + ``report.txt``),
+Formats (docs/original.md §8): ``folder`` (``<root>/<patient>/<study>/*.dcm`` + ``report.txt``),
 ``official_csv`` (the original image-text CSV), ``vindr`` (VinDr-Mammo CSVs), ``rsna``
 (``train.csv``), ``cbis_ddsm`` (case-description CSVs), ``synthetic`` (our cohort).
 """

@@ -82,7 +82,7 @@ def _shape(path: Path) -> tuple[int, int] | None:
     """``(H, W)`` of an image file from its header when that is cheap (DICOM), else None."""
     if not _is_dicom(path):
         return None
-    from mammoclip.data.dicom import read_dicom_header
+    from mammoclip.imaging.dicom import read_dicom_header
 
     meta = read_dicom_header(path, modalities=None)
     return meta.rows, meta.columns
@@ -95,11 +95,11 @@ def _read_mask(path: Path) -> np.ndarray:
         DataError: the file cannot be read.
     """
     if _is_dicom(path):
-        from mammoclip.data.dicom import decode_dicom
+        from mammoclip.imaging.dicom import decode_dicom
 
         codes, _, _ = decode_dicom(path, invert=False, modalities=None)
         return codes  # (H, W) integer codes: a monotonic LUT keeps "two values" and their order
-    from mammoclip.data.imageio import read_image
+    from mammoclip.imaging.imageio import read_image
 
     return read_image(path)
 

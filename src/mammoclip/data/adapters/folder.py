@@ -1,9 +1,9 @@
 """A plain DICOM folder: ``<root>/<patient>/<study>/*.dcm`` with one ``report.txt`` per study.
 
-The shape of a typical hospital export (mission.md §4). Laterality and view come from the DICOM
-header (:func:`mammoclip.data.dicom.read_dicom_header`, which also reads free-text fields);
+The shape of a typical hospital export (docs/original.md §8). Laterality and view come from the DICOM
+header (:func:`mammoclip.imaging.dicom.read_dicom_header`, which also reads free-text fields);
 the report's raw text goes to ``reports.csv`` (``text``), with findings/impression/history filled by
-:func:`mammoclip.data.reports.parse_report`. Splits are assigned
+:func:`mammoclip.text.reports.parse_report`. Splits are assigned
 per patient by hash (:func:`mammoclip.data.manifest.assign_patient_splits`).
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 
 from mammoclip.data.adapters import register_adapter
-from mammoclip.data.dicom import read_dicom_header
 from mammoclip.data.manifest import REPORT_COLUMNS, Bundle, assign_patient_splits, empty_reports
 from mammoclip.errors import DataError
+from mammoclip.imaging.dicom import read_dicom_header
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ REPORT_FILE = "report.txt"
 
 def _report_sections(text: str, report_id: str) -> dict[str, str]:
     """Findings/impression/history of a report (de-identified by the parser); raw text stays in ``text``."""
-    from mammoclip.data.reports import parse_report
+    from mammoclip.text.reports import parse_report
 
     parsed = parse_report(text, report_id)
     return {name: parsed.sections.get(name, "") for name in ("findings", "impression", "history")}

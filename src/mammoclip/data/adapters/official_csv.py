@@ -1,4 +1,4 @@
-"""The official image-text CSV (official-spec §8, ``clip_pretrain_100.csv``): one row per breast.
+"""The official image-text CSV (docs/original.md §8, ``clip_pretrain_100.csv``): one row per breast.
 
 Columns ``patient_id, laterality, image, view, CC, MLO, text, text_augment, fold``: ``CC``/``MLO`` are
 Python-list strings of image file names, ``text`` is ``[findings, impression]``. Each listed image

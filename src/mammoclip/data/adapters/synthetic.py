@@ -1,4 +1,4 @@
-"""The synthetic cohort (:mod:`mammoclip.data.synthetic`): already a bundle, recognised by ``cohort.json``."""
+"""The synthetic cohort (:mod:`mammoclip.synthetic`): already a bundle, recognised by ``cohort.json``."""
 
 from __future__ import annotations
 

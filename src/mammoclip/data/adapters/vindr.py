@@ -1,6 +1,6 @@
 """VinDr-Mammo 1.0: ``breast-level_annotations.csv`` + ``finding_annotations.csv`` + ``images/``.
 
-One manifest row per image (mission.md §4). Image-level labels aggregate **all** finding rows of
+One manifest row per image (docs/original.md §8). Image-level labels aggregate **all** finding rows of
 the image (an image can have up to 7): ``mass`` = any "Mass", ``calcification`` = any "Suspicious
 Calcification", ``distortion`` = any "Architectural Distortion", ``asymmetry`` = any of Asymmetry /
 Focal Asymmetry / Global Asymmetry. ``density`` "DENSITY C" -> "C", ``birads`` "BI-RADS 4" -> 4.

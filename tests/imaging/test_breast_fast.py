@@ -1,0 +1,186 @@
+"""The fast paths of the breast pipeline give OpenCV's results: sparse area resize, codes + LUT input,
+the transposed render path, and the segmentation's crop boxes on the real films (pinned)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from mammoclip.imaging.breast import (
+    WINDOWS,
+    BreastPreprocess,
+    TransformRecord,
+    _largest_component,
+    map_codes,
+    plan_transform,
+    resize_area,
+    segment_breast,
+    to_bits,
+    to_unit,
+)
+from mammoclip.imaging.dicom import decode_dicom
+from tests.imaging.dicom_factory import phantom
+from tests.imaging.test_dicom import real_cases
+
+SHAPES = [
+    ((700, 460), (304, 182)),  # non-integer factors on both axes (the usual case)
+    ((400, 256), (152, 96)),
+    ((1000, 999), (500, 998)),  # integer on one axis, barely shrinking on the other
+    ((513, 300), (512, 299)),  # factors just above 1: tiny partial overlaps (OpenCV's 1e-3 cut-off)
+    ((600, 400), (300, 200)),  # integer factors: OpenCV's fast path
+    ((300, 200), (450, 120)),  # upscaling one axis: OpenCV's own rule
+    ((90, 64), (90, 40)),  # height unchanged
+]
+
+
+@pytest.mark.parametrize(("src", "dst"), SHAPES, ids=[f"{s}->{d}" for s, d in SHAPES])
+@pytest.mark.parametrize("flip", [False, True])
+def test_resize_area_matches_opencv(src: tuple[int, int], dst: tuple[int, int], flip: bool) -> None:
+    image = np.random.default_rng(0).integers(0, 4096, src).astype(np.float32)
+    ref_in = np.ascontiguousarray(image[:, ::-1]) if flip else image
+    ref = cv2.resize(ref_in, (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
+    out = resize_area(image, dst[1], dst[0], flip=flip)
+    assert out.dtype == np.float32 and out.shape == dst and out.flags.c_contiguous
+    np.testing.assert_allclose(out, ref, rtol=0, atol=4096 * 1e-6)  # float32 rounding only
+
+
+@pytest.mark.parametrize(("src", "dst"), SHAPES, ids=[f"{s}->{d}" for s, d in SHAPES])
+@pytest.mark.parametrize("flip", [False, True])
+def test_resize_area_transposed_is_the_transpose(src: tuple[int, int], dst: tuple[int, int], flip: bool) -> None:
+    image = np.random.default_rng(0).integers(0, 4096, src).astype(np.float32)
+    out = resize_area(image, dst[1], dst[0], flip=flip, transposed=True)
+    assert out.shape == dst[::-1] and out.flags.c_contiguous and not np.shares_memory(out, image)
+    np.testing.assert_array_equal(out, resize_area(image, dst[1], dst[0], flip=flip).T)
+
+
+def test_resize_area_accepts_integer_views() -> None:
+    codes = np.random.default_rng(1).integers(0, 65536, (500, 400)).astype(np.uint16)
+    view = codes[17:450, 5:390]  # a crop: strided, not contiguous
+    ref = cv2.resize(view.astype(np.float32), (150, 260), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(resize_area(view, 150, 260), ref, rtol=0, atol=65536 * 1e-6)
+
+
+def opencv_reference(image: np.ndarray, record: TransformRecord, bits: int) -> np.ndarray:
+    """The straightforward pipeline: flip the crop, OpenCV area resize in float32, min-max window, pad."""
+    crop = image[record.crop_y0:record.crop_y1, record.crop_x0:record.crop_x1].astype(np.float32)
+    lo, hi = float(crop.min()), float(crop.max())
+    if record.flipped:
+        crop = np.ascontiguousarray(crop[:, ::-1])
+    nw, nh = round(record.crop_width * record.scale_x), round(record.crop_height * record.scale_y)
+    small = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA)
+    unit = np.clip((small - np.float32(lo)) * np.float32(1.0 / (hi - lo)), 0, 1)
+    out = np.zeros((record.height, record.width), np.float32)
+    out[record.pad_top:record.pad_top + nh, record.pad_left:record.pad_left + nw] = unit
+    return np.rint(out * (2**bits - 1)).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pipeline_within_one_grey_level_of_opencv(bits: int, resize: str, side: str) -> None:
+    image = phantom((700, 460), side=side, seed=2).astype(np.float32)
+    transform = BreastPreprocess((304, 182), resize=resize, bits=bits, window="minmax")
+    out, record = transform(image)
+    assert record.flipped == (side == "right")
+    ref = opencv_reference(image, record, bits)
+    diff = np.abs(out.astype(np.int64) - ref.astype(np.int64))
+    assert diff.max() <= 1  # float32 rounding can move a value across a .5 boundary, nothing more
+    assert (diff == 0).mean() > 0.999
+
+
+LUTS = {
+    "affine": (4095.0 - np.arange(65536, dtype=np.float32)) * np.float32(0.5) + np.float32(7),  # inverted, rescaled
+    "windowed": np.clip((np.arange(65536, dtype=np.float32) - 1000) * np.float32(0.3), 0, 800),  # VOI-like clip
+    "curve": np.sqrt(np.arange(65536, dtype=np.float32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LUTS))
+def test_map_codes_equals_the_gather(name: str) -> None:
+    codes = np.random.default_rng(3).integers(0, 65536, (300, 200)).astype(np.uint16)[10:250, 5:150]
+    lut = LUTS[name]
+    mapped = map_codes(codes, lut)
+    assert mapped.dtype == np.float32
+    np.testing.assert_array_equal(mapped, lut[codes])  # bit for bit, affine shortcut or not
+
+
+@pytest.mark.parametrize("name", sorted(LUTS))
+def test_codes_with_lut_equal_values(name: str) -> None:
+    """Integer codes + LUT give the very same output as the mapped values (only the crop is mapped)."""
+    codes = phantom((500, 320), side="right", seed=4)
+    lut = LUTS[name]
+    values = lut[codes]
+    transform = BreastPreprocess((160, 96), window="percentile", bits=16)
+    out_values, rec_values = transform(values)
+    out_codes, rec_codes = transform(codes, lut=lut)
+    assert rec_codes == rec_values
+    np.testing.assert_array_equal(out_codes, out_values)
+    seg_values, seg_codes = segment_breast(values), segment_breast(codes, lut=lut)
+    assert (seg_codes.x0, seg_codes.y0, seg_codes.x1, seg_codes.y1, seg_codes.chest_wall) == (
+        seg_values.x0, seg_values.y0, seg_values.x1, seg_values.y1, seg_values.chest_wall)
+
+
+def test_render_reuses_a_plan() -> None:
+    image = phantom((400, 256), seed=5)
+    transform = BreastPreprocess((120, 80))
+    record, _ = transform.plan(image)
+    assert record == plan_transform(image.shape, (record.crop_x0, record.crop_y0, record.crop_x1, record.crop_y1),
+                                    (120, 80), flip=record.flipped)
+    np.testing.assert_array_equal(transform.render(image, record), transform(image)[0])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("window", ["minmax", "percentile"])
+def test_render_fast_path_equals_the_plain_steps(side: str, window: str) -> None:
+    """Stretch renders window and cast in the resize's transposed layout: the same bytes as resize, then window."""
+    codes = phantom((900, 600), side=side, seed=6)
+    transform = BreastPreprocess((304, 182), window=window, bits=8)
+    record, _ = transform.plan(codes)
+    values = codes[record.crop_y0:record.crop_y1, record.crop_x0:record.crop_x1].astype(np.float32)
+    lo, hi = WINDOWS[window](values)
+    plain = to_bits(to_unit(record.apply_cropped(values), lo, hi), 8)
+    np.testing.assert_array_equal(transform.render(codes, record), plain)
+
+
+def test_render_leaves_a_float_input_alone() -> None:
+    """Window and cast run in place only on arrays the resize made, never on the caller's image."""
+    image = phantom((120, 80), seed=8).astype(np.float32)
+    before = image.copy()
+    for size in ((120, 80), (60, 40)):  # no resize (the crop is returned as is), and a resize
+        record = plan_transform(image.shape, (0, 0, 80, 120), size)
+        BreastPreprocess(size).render(image, record)
+        np.testing.assert_array_equal(image, before)
+
+
+def test_largest_component_matches_the_stats_call() -> None:
+    rng = np.random.default_rng(7)
+    binary = (rng.random((120, 90)) > 0.55).astype(np.uint8)
+    labels, label = _largest_component(binary)
+    n, ref_labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    np.testing.assert_array_equal(labels, ref_labels)
+    assert label == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    assert _largest_component(np.zeros((5, 5), np.uint8)) is None
+
+
+#: Crop boxes ``(x0, y0, x1, y1, chest wall)`` of the real films, as segmented before the
+#: segmentation was sped up (bincount areas, cv2 masks and bounding box): the speed-up is exact.
+REAL_BOXES = {
+    "sfm-benign-0/1-130.dcm": (0, 0, 1328, 4432, "left"),
+    "sfm-benign-0/1-131.dcm": (0, 0, 1380, 3977, "left"),
+    "sfm-benign-0/1-132.dcm": (1725, 827, 2864, 4152, "right"),
+    "sfm-benign-0/1-133.dcm": (1485, 0, 2920, 3971, "right"),
+    "sfm-malign-0/1-280.dcm": (0, 600, 1544, 4312, "left"),
+    "sfm-malign-0/1-281.dcm": (0, 0, 1644, 4398, "left"),
+    "sfm-malign-0/1-282.dcm": (1182, 493, 2592, 4232, "right"),
+    "sfm-malign-0/1-283.dcm": (1096, 0, 2632, 4482, "right"),
+}
+
+
+def test_real_film_crops_unchanged() -> None:
+    found = {}
+    for path in real_cases():
+        codes, lut, _ = decode_dicom(path)
+        seg = segment_breast(codes, lut=lut)
+        found[f"{path.parent.name}/{path.name}"] = (seg.x0, seg.y0, seg.x1, seg.y1, seg.chest_wall)
+    assert found == REAL_BOXES
