@@ -47,7 +47,7 @@ def outside_references(text: str) -> list[str]:
 
 def test_pattern_catches_the_old_citations() -> None:
     assert outside_references("crop (official" + "-spec §1 step 5)\nplain line")
-    assert outside_references("see ../" + "shared/docs/x")
+    assert outside_references("see ../" + "shared/" + "docs/x")
     assert outside_references("formats (mission" + ".md §4)")
     assert not outside_references("see docs/original.md §1 step 5 and docs/architecture.md")
 
