@@ -4,16 +4,19 @@ The original expects pre-extracted FINDINGS/IMPRESSION columns and cleans them w
 plus a runtime NLTK download (docs/original.md §2.1, §10). Here one pass turns a raw report into a
 :class:`ParsedReport`:
 
-1. decode (bytes with bad UTF-8 are decoded with replacement and a warning), trim absurd lengths,
-   de-identify dates, names and record numbers (:func:`deidentify`);
+1. decode (bytes that are not UTF-8 are read as cp1252, else latin-1, with a warning), trim absurd
+   lengths, de-identify dates, names and record numbers (:func:`deidentify`);
 2. split into sections by header (:data:`SECTION_HEADERS`): upper or title case, with or without a
-   colon, bracketed (``[Findings]``), inline (``... IMPRESSION: ...``), bulleted or numbered;
+   colon, bracketed (``[Findings]``), inline (``... IMPRESSION: ...``), bulleted or numbered, or
+   misspelt within a bounded edit distance at the start of a line (:func:`fuzzy_header`);
 3. split sections into sentences with pysbd (rule-based, no downloads) after protecting the
-   abbreviations it misreads ("approx.", "pt.", "Lt."), one sentence per list item;
+   abbreviations it misreads ("approx.", "pt.", "Lt."), one sentence per list item, bulleted or one
+   per line (hard-wrapped prose lines are joined back);
 4. attribute each sentence to the right breast, the left breast or both ("Right breast: ..."
    sub-headers set the side for the sentences that follow);
-5. extract BI-RADS (0-6 with 4A/4B/4C), ACR density (A-D, from letters or words) and the findings
-   each sentence asserts or negates (a small NegEx-style rule set).
+5. extract BI-RADS (0-6 with 4A/4B/4C, the dedicated assessment line first:
+   :data:`BIRADS_PRECEDENCE`), ACR density (A-D, from letters or words) and the findings each
+   sentence asserts or negates (a small NegEx-style rule set).
 
 Regular expressions are hand-written here because no maintained offline library parses report
 layouts; pysbd is the well-kept part (sentence boundaries).
@@ -27,7 +30,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 #: Longest report we parse. Screening reports run to a few thousand characters; anything past this
 #: is a concatenation or a corrupt export and is trimmed with a warning (keeps pysbd fast).
 MAX_REPORT_CHARS: int = 20_000
+
+#: Codecs tried in order on report bytes: UTF-8 (a byte-order mark is dropped), then cp1252, the usual
+#: encoding of Windows exports, then latin-1, which accepts any byte (cp1252 leaves five undefined).
+REPORT_ENCODINGS: tuple[str, ...] = ("utf-8-sig", "cp1252", "latin-1")
 
 #: Canonical section -> header phrases that open it (matched case-insensitively).
 SECTION_HEADERS: dict[str, tuple[str, ...]] = {
@@ -78,6 +85,17 @@ BIRADS_SEVERITY: tuple[int, ...] = (1, 2, 3, 6, 0, 4, 5)
 
 #: Side codes of attributed sentences: right, left, both/unspecified.
 SIDES: tuple[str, ...] = ("R", "L", "B")
+
+#: Where a BI-RADS category stands decides which one a report is assessed with (lower wins): the
+#: dedicated assessment line ("BIRADS: 4c", "ASSESSMENT: BI-RADS 4C") over the impression ("BI-RADS
+#: category 2") over any other section or the preamble ("(BIRADS 5)" inside the findings). Within the
+#: winning place the most severe category counts (:data:`BIRADS_SEVERITY`). A mention put in the past
+#: by its sentence ("prior BI-RADS 5 lesion, now ...", "was BI-RADS 3 in 2021") counts only when nothing
+#: else is stated, and the history and comparison sections never count: they describe earlier exams.
+BIRADS_PRECEDENCE: dict[str, int] = {"assessment": 0, "impression": 1}
+_OTHER_TIER = len(BIRADS_PRECEDENCE)
+_PAST_TIER = _OTHER_TIER + 1
+BIRADS_IGNORED_SECTIONS: tuple[str, ...] = ("history", "comparison")
 
 #: Sections whose sentences state findings (history and recommendation only refer to them).
 FINDING_SECTIONS: tuple[str, ...] = ("findings", "impression", "assessment")
@@ -125,6 +143,30 @@ _BIRADS = re.compile(
     re.I,
 )
 _CATEGORY = re.compile(r"\b(?:assessment\s+)?category\s*[:\-]?\s*(?P<cat>[0-6])\s*(?P<sub>[abc])?(?!\w|\.\d)", re.I)
+#: More categories listed after one: "4A/4B", "4a, 4c", "4A or B", "3/4". After a comma, "and", "to" or a
+#: dash only a 4 with its letter continues the list ("BI-RADS 2, 3 cm" is not a list).
+_BIRADS_MORE = re.compile(
+    r"\s*(?:(?:/|\bor\b)\s*(?:(?P<cat>[0-6])\s*(?P<sub>[abc])?|(?P<letter>[abc]))"
+    r"|(?:,|&|\band\b|\bto\b|-|\u2013)\s*4\s*(?P<sub4>[abc]))(?!\w|\.\d|\s*(?:mm|cm)\b)",
+    re.I,
+)
+#: A category standing alone at the start of an assessment section, its header having held the keyword
+#: ("BI-RADS: 4A - low suspicion", "Final assessment: 2. Benign", "BI-RADS Category: 0 (incomplete)").
+_ASSESSMENT_VALUE = re.compile(
+    r"\s*\(?\s*(?P<cat>[0-6])\s*(?P<sub>[abc])?\s*\)?(?=\s*(?:$|[.,;:()/\-\u2013]|\s(?:or|and)\b))", re.I
+)
+#: Words up to four words before a BI-RADS mention, with no comma or sentence mark between, that put
+#: it in the past ("prior BI-RADS 5 lesion", "previously rated BI-RADS 3", "history of a BI-RADS 4 lesion").
+_HISTORICAL = re.compile(
+    r"\b(?:prior|previous(?:ly)?|history of|earlier|former(?:ly)?)\b(?:[^\w,.;:]+\w+){0,4}[^\w,.;:]*$", re.I
+)
+#: The same, said after the mention: "BI-RADS 3 in 2021", "BI-RADS 4 on [DATE]", "... on the prior exam".
+_HISTORICAL_AFTER = re.compile(
+    r"^[^\w,.;:]*(?:\w+[^\w,.;:]+){0,3}?(?:in|on|from|at)\s+(?:\[DATE\]|(?:19|20)\d\d\b|the\s+(?:prior|previous))",
+    re.I,
+)
+#: "Category 2" right after these words is a density category, not BI-RADS.
+_DENSITY_CONTEXT = re.compile(r"\b(?:density|composition|tissue|acr|type)\s*$", re.I)
 _RCR = re.compile(r"\b(?:classification|score|category|grade)?\s*:?\s*\bM(?P<cat>[1-5])\b")
 
 _DENSITY_LETTER = re.compile(
@@ -188,10 +230,36 @@ _ID_PATTERNS = (
 # --- Decoding and de-identification ---------------------------------------------------------------
 
 
+def decode_bytes(data: bytes) -> tuple[str, str]:
+    """Decode report bytes with the first of :data:`REPORT_ENCODINGS` that fits.
+
+    Reports exported from Windows RIS systems are often cp1252 ("café", curly quotes, "±"); reading
+    them as cp1252 keeps those characters where UTF-8 with replacement would drop them. latin-1 maps
+    every byte, so decoding never fails.
+
+    Returns:
+        The text and the codec that decoded it.
+    """
+    for codec in REPORT_ENCODINGS:
+        try:
+            return data.decode(codec), codec
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any byte string")  # pragma: no cover - REPORT_ENCODINGS ends with it
+
+
+def _first_bad_utf8_byte(data: bytes) -> int:
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        return err.start
+    return -1
+
+
 def decode_report(data: str | bytes, report_id: str | None = None) -> tuple[str, list[str]]:
     """Turn raw report content into clean text, with warnings for what had to be repaired.
 
-    Bytes that are not UTF-8 are decoded with replacement characters (the report is kept). Control
+    Bytes that are not UTF-8 are read as cp1252, else latin-1 (:func:`decode_bytes`). Control
     characters are removed, line endings unified, and text past :data:`MAX_REPORT_CHARS` trimmed.
 
     Returns:
@@ -200,11 +268,10 @@ def decode_report(data: str | bytes, report_id: str | None = None) -> tuple[str,
     name = report_id if report_id is not None else "<report>"
     warnings: list[str] = []
     if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            text = data.decode("utf-8", errors="replace")
-            warnings.append(f"report {name}: not valid UTF-8 (byte {err.start}); bad bytes replaced")
+        text, codec = decode_bytes(data)
+        if codec != REPORT_ENCODINGS[0]:
+            start = _first_bad_utf8_byte(data)
+            warnings.append(f"report {name}: not valid UTF-8 (byte {start}); read as {codec}")
     elif isinstance(data, str):
         text = data
     else:
@@ -271,12 +338,83 @@ def _canonical_header(raw: str, lookup: Mapping[str, str]) -> str | None:
     return None
 
 
+#: A line that could be a misspelt header: a capitalised run of one to four words at the start of the line
+#: (after an optional bullet or number), followed by a colon or alone on its line.
+_HEADER_LIKE = re.compile(
+    r"^\s*(?:[-*\u2022]\s*|\d{1,2}[.)]\s*)?(?P<head>[A-Z][A-Za-z\-']*(?:[ \t]+[A-Za-z][A-Za-z\-']*){0,3})"
+    r"[ \t]*(?:(?P<colon>:)\s*(?P<rest>.*)|$)"
+)
+
+
+def max_header_edits(alias: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) a misspelt header may be from ``alias``.
+
+    None for headers under six letters ("exam", "plan", "views": one edit makes other words of them),
+    one up to eight ("FINDNGS", "Finidngs", "Impresion" are one edit from theirs), two beyond
+    ("Brest Compositon").
+    """
+    n = len(alias)
+    return 0 if n < 6 else 1 if n < 9 else 2
+
+
+def edit_distance(a: str, b: str, limit: int) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment) of ``a`` and ``b``, or ``limit + 1`` when over.
+
+    A swap of two neighbouring letters counts as one edit: the commonest typo in headers ("Finidngs").
+    """
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        if min(row) > limit:
+            return limit + 1
+        prev2, prev = prev, row
+    return min(prev[-1], limit + 1)
+
+
+def fuzzy_header(line: str) -> tuple[str, str] | None:
+    """The section a misspelt or variant header opens ("Finidngs:", "Brest Composition"), and the rest of the line.
+
+    Only a header-like line counts (:data:`_HEADER_LIKE`: capitalised, one to four words, then a colon
+    or nothing), and only within :func:`max_header_edits` of a known header, so "Findings of note
+    were discussed" or "Results of the biopsy: ..." stay prose.
+
+    Returns:
+        ``(section, rest)`` or ``None``.
+    """
+    match = _HEADER_LIKE.match(line)
+    if not match:
+        return None
+    key = _header_key(match.group("head"))
+    best: tuple[int, str] | None = None
+    for alias, section in _header_regexes()[2].items():
+        target = _header_key(alias)
+        limit = max_header_edits(target)
+        if limit == 0:
+            continue
+        distance = edit_distance(key, target, limit)
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, section)
+    if best is None:
+        return None
+    return best[1], (match.group("rest") or "").strip()
+
+
 def split_sections(text: str) -> tuple[dict[str, str], str]:
     """Split a report into its sections.
 
     A line opens a section when it starts with a known header (:data:`SECTION_HEADERS`) that is
     bracketed, followed by a colon or dash, or alone on its line; inline headers after a sentence
-    end (``"... normal. IMPRESSION: benign."``) are split off first. Repeated headers append.
+    end (``"... normal. IMPRESSION: benign."``) are split off first. Repeated headers append. A
+    line-initial header within a bounded edit distance of a known one ("Finidngs:", "Impresion",
+    "Brest Composition") opens its section too (:func:`fuzzy_header`); headers inside a line must be
+    spelt right.
 
     Returns:
         ``({section: text}, preamble)`` in order of appearance; the preamble is what precedes the
@@ -300,6 +438,8 @@ def split_sections(text: str) -> tuple[dict[str, str], str]:
                 is_header = bool(match.group("bracket") or match.group("bold") or match.group("sep")) or not rest
                 # "Density is ..." / "Assessment of ..." are prose, not headers.
                 section = _canonical_header(header, lookup) if is_header else None
+            if section is None and not bracketed and (fuzzy := fuzzy_header(line)) is not None:
+                section, rest = fuzzy
             if section is None:
                 current.append(line)
                 continue
@@ -320,6 +460,27 @@ def _segmenter() -> Any:
     return pysbd.Segmenter(language="en", clean=False)
 
 
+#: A line ending like this stops mid-phrase, so the next line continues it whatever its case.
+_DANGLING = re.compile(
+    r"(?:[\-/(&+]|\b(?:an|the|of|in|on|at|to|with|without|and|or|by|for|from|as|is|are|was|were|than|into|"
+    r"within|measuring|approx\.?|approximately|e\.g\.|i\.e\.|vs\.?|Dr\.?|Mr\.?|Mrs\.?|Ms\.?))$",
+    re.I,
+)
+
+
+def _continues(previous: str, line: str) -> bool:
+    """Whether ``line`` is a hard-wrapped continuation of ``previous`` rather than a new list item.
+
+    Reports list findings one per line without bullets or periods; merging two such lines puts a
+    benign qualifier or a negation into the wrong finding's sentence. So a line continues the one
+    before only when that line stops mid-phrase (:data:`_DANGLING`: "of", "measuring", a hyphen), or
+    when it ends without sentence punctuation and this line starts in lower case.
+    """
+    if _DANGLING.search(previous):
+        return True
+    return previous[-1:] not in ".!?:;" and line[:1].islower()
+
+
 def _blocks(text: str) -> list[str]:
     """Paragraphs and list items, with hard-wrapped lines joined back together."""
     blocks: list[list[str]] = []
@@ -332,14 +493,8 @@ def _blocks(text: str) -> list[str]:
         marker = _LIST_MARKER.match(line)
         if marker:
             line = line[marker.end():].strip()
-        # A capitalised line after one that does not end mid-phrase starts a new sentence even
-        # without a period (one-finding-per-line templates); otherwise the line was hard-wrapped.
-        starts_new = (
-            not open_block
-            or marker is not None
-            or (blocks[-1][-1][-1:] not in ",-" and (line[:1].isupper() or line[:1] == "["))
-            or bool(_SIDE_LABEL.match(line))
-        )
+        starts_new = not open_block or marker is not None or bool(_SIDE_LABEL.match(line)) or not _continues(
+            blocks[-1][-1], line)
         if starts_new:
             blocks.append([line])
         else:
@@ -353,7 +508,9 @@ def split_sentences(text: str) -> list[str]:
 
     pysbd finds the boundaries; "4.5 cm", "Dr.", "i.e." and clock positions are kept intact, and the
     abbreviations pysbd splits on ("approx.", "pt.", "Lt.") are protected first. Each list item or
-    paragraph is split separately and list markers are removed.
+    paragraph is split separately and list markers are removed. A line is its own item unless it
+    continues a hard-wrapped one (:func:`_continues`: the line before stops mid-phrase, or ends
+    without sentence punctuation and this one starts in lower case).
 
     Example:
         >>> split_sentences("4.5 cm mass at 10 o'clock, approx. 3 cm from the nipple. No calcs.")
@@ -445,23 +602,99 @@ def _severity(category: int) -> int:
     return BIRADS_SEVERITY.index(category)
 
 
+@dataclass(frozen=True)
+class _BiradsMention:
+    """One stated category, with what decides its weight (:data:`BIRADS_PRECEDENCE`)."""
+
+    category: int
+    subcategory: str | None  # "4A"/"4B"/"4C", only with category 4
+    keyword: bool  # said with "BI-RADS" (False: a bare "Category 3")
+    historical: bool = False  # "prior BI-RADS 5 lesion"
+    tier: int = 0
+    side: str | None = None
+
+
+def _rank(m: _BiradsMention) -> tuple[int, str]:
+    return _severity(m.category), m.subcategory or ""
+
+
+def _listed(text: str, end: int, category: int, letter: str | None) -> list[tuple[int, str | None]]:
+    """The category matched just before ``end`` and those listed after it ("4A/4B", "4a, 4c")."""
+    out: list[tuple[int, str | None]] = [(category, letter)]
+    while (more := _BIRADS_MORE.match(text, end)) is not None:
+        if more.group("sub4") is not None and out[-1][0] != 4:
+            break
+        if more.group("cat") is not None:
+            out.append((int(more.group("cat")), more.group("sub")))
+        else:
+            out.append((out[-1][0], more.group("letter") or more.group("sub4")))
+        end = more.end()
+    return out
+
+
+def _mention(category: int, letter: str | None, keyword: bool, before: str, after: str = "") -> _BiradsMention:
+    sub = f"4{letter.upper()}" if letter and category == 4 else None
+    historical = bool(_HISTORICAL.search(before) or _HISTORICAL_AFTER.match(after))
+    return _BiradsMention(category, sub, keyword, historical=historical)
+
+
+def _birads_mentions(text: str) -> list[_BiradsMention]:
+    """Every category stated in ``text``: "BI-RADS ..." mentions, then bare "Category N" ones."""
+    out: list[_BiradsMention] = []
+    spans: list[tuple[int, int]] = []
+    for keyword, pattern in ((True, _BIRADS), (False, _CATEGORY)):
+        for m in pattern.finditer(text):
+            if not keyword and (any(a <= m.start() < b for a, b in spans)
+                                or _DENSITY_CONTEXT.search(text[: m.start()])):
+                continue
+            spans.append(m.span())
+            listed = _listed(text, m.end(), int(m.group("cat")), m.group("sub"))
+            out += [_mention(c, x, keyword, text[: m.start()], text[m.end():]) for c, x in listed]
+    return out
+
+
+def _as_result(m: _BiradsMention) -> tuple[int, str | None]:
+    return m.category, m.subcategory
+
+
 def extract_birads(text: str) -> tuple[int, str | None] | None:
     """The most severe BI-RADS category stated in ``text``.
 
     Recognises "BI-RADS 4A", "BIRADS: 2", "ACR BI-RADS category 3", "BI-RADS assessment: 0" and a
-    bare "Category 3". Several categories (one per breast) give the most worrisome one
-    (:data:`BIRADS_SEVERITY`).
+    bare "Category 3" (only when no "BI-RADS" is stated). Several categories (one per breast, or a
+    list such as "BIRADS 4a, 4c" or "4A/4B") give the most worrisome one (:data:`BIRADS_SEVERITY`,
+    then 4A < 4B < 4C). Where a category stands in a report is weighed by :func:`parse_report`
+    (:data:`BIRADS_PRECEDENCE`), not here.
 
     Returns:
         ``(category, subcategory)`` such as ``(4, "4A")`` or ``(2, None)``; ``None`` when absent.
     """
-    found = [m for m in _BIRADS.finditer(text)] or [m for m in _CATEGORY.finditer(text)]
-    if not found:
+    found = _birads_mentions(text)
+    found = [m for m in found if m.keyword] or found
+    return _as_result(max(found, key=_rank)) if found else None
+
+
+def _assessment_value(body: str) -> list[_BiradsMention]:
+    """A bare category opening an assessment section, whose header held the keyword ("BIRADS: 4c")."""
+    first = next((line for line in body.split("\n") if line.strip()), "")
+    # "1. Right breast: BI-RADS 2" opens with a list number, not a category.
+    if _birads_mentions(first) or (match := _ASSESSMENT_VALUE.match(first)) is None:
+        return []
+    return [_mention(c, x, True, "") for c, x in _listed(first, match.end(), int(match.group("cat")),
+                                                          match.group("sub"))]
+
+
+def _choose_birads(mentions: Iterable[_BiradsMention], any_keyword: bool) -> _BiradsMention | None:
+    """The category a report (or one breast) is assessed with: the strongest place, then the most severe.
+
+    Bare "Category N" outside the assessment and impression counts only when the report never says
+    "BI-RADS" (as :func:`extract_birads`).
+    """
+    usable = [m for m in mentions if m.keyword or m.tier < _OTHER_TIER or not any_keyword]
+    if not usable:
         return None
-    best = max(found, key=lambda m: _severity(int(m.group("cat"))))
-    cat = int(best.group("cat"))
-    sub = best.group("sub")
-    return cat, (f"{cat}{sub.upper()}" if sub and cat == 4 else None)
+    top = min(m.tier for m in usable)
+    return max((m for m in usable if m.tier == top), key=_rank)
 
 
 def extract_density(text: str, composition: str = "") -> str | None:
@@ -576,9 +809,11 @@ class ParsedReport:
         sections: Section name (:data:`SECTIONS`) -> de-identified text, in order of appearance.
         preamble: Text before the first header (title, demographics), de-identified.
         sentences: Every sentence of every section with its side.
-        birads: Overall BI-RADS category 0-6 (the most worrisome stated), or ``None``.
-        birads_subcategory: ``"4A"``/``"4B"``/``"4C"`` when stated.
-        birads_by_side: BI-RADS stated in sentences about one breast, ``{"R": 2, "L": 4}``.
+        birads: Overall BI-RADS category 0-6, or ``None``: the most worrisome one stated in the
+            strongest place (:data:`BIRADS_PRECEDENCE`: assessment line, impression, elsewhere).
+        birads_subcategory: ``"4A"``/``"4B"``/``"4C"`` when stated (the highest of a list).
+        birads_by_side: BI-RADS stated in sentences about one breast, ``{"R": 2, "L": 4}``, by the same
+            precedence (from the assessment or impression, unless ``birads`` itself came from elsewhere).
         density: ACR density A-D, or ``None``.
         rcr: UK RCR classification 1-5 (M1-M5), or ``None``.
         mentions: Findings named in the sentences, with side and negation.
@@ -661,7 +896,7 @@ def parse_report(
     :attr:`ParsedReport.warnings` (also logged) that names ``report_id``.
 
     Args:
-        text: The report as text or raw bytes (decoded as UTF-8 with replacement).
+        text: The report as text or raw bytes (UTF-8, else cp1252, else latin-1: :func:`decode_bytes`).
         report_id: Name used in warnings.
         deidentify_text: Replace dates, names and record numbers before anything else
             (:func:`deidentify`).
@@ -688,6 +923,7 @@ def parse_report(
         sections, preamble = {"findings": preamble}, ""
     report.sections, report.preamble = sections, preamble
 
+    stated: list[_BiradsMention] = []
     for section, body in sections.items():
         context: str | None = None
         for sentence in split_sentences(body):
@@ -705,21 +941,32 @@ def parse_report(
             if section in FINDING_SECTIONS:
                 for finding, negated, benign in finding_mentions(sentence):
                     report.mentions.append(FindingMention(finding, side, negated, benign, index))
-            birads = extract_birads(sentence)
-            if birads is not None and side in ("L", "R"):
-                previous = report.birads_by_side.get(side)
-                if previous is None or _severity(birads[0]) > _severity(previous):
-                    report.birads_by_side[side] = birads[0]
+            if section not in BIRADS_IGNORED_SECTIONS:
+                stated += [_placed(m, section, side) for m in _birads_mentions(sentence)]
+    stated += [_placed(m, "assessment", None) for m in _assessment_value(sections.get("assessment", ""))]
+    stated += [_placed(m, "preamble", None) for m in _birads_mentions(preamble)]
 
-    # The full text, headers included: "BI-RADS: 4A" loses its keyword once split into sections.
+    any_keyword = any(m.keyword for m in stated)
+    overall = _choose_birads(stated, any_keyword)
+    if overall is not None:
+        report.birads, report.birads_subcategory = _as_result(overall)
+        # A breast's category comes from the assessment or impression, or from the place the report's own
+        # category came from: a passing "(BIRADS 5)" in the findings does not outrank the assessment there.
+        limit = max(overall.tier, BIRADS_PRECEDENCE["impression"])
+        for code in ("R", "L"):
+            chosen = _choose_birads((m for m in stated if m.side == code and m.tier <= limit), any_keyword)
+            if chosen is not None:
+                report.birads_by_side[code] = chosen.category
     everything = decoded
-    birads = extract_birads(everything)
-    if birads is not None:
-        report.birads, report.birads_subcategory = birads
     report.density = extract_density(everything, sections.get("composition", ""))
     report.rcr = extract_rcr(everything)
     _log(report)
     return report
+
+
+def _placed(m: _BiradsMention, section: str, side: str | None) -> _BiradsMention:
+    tier = _PAST_TIER if m.historical else BIRADS_PRECEDENCE.get(section, _OTHER_TIER)
+    return replace(m, tier=tier, side=side if side in ("L", "R") else None)
 
 
 def _log(report: ParsedReport) -> None:

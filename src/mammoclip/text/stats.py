@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mammoclip.constants import TEXT_MAX_LENGTH
-from mammoclip.errors import ConfigError
+from mammoclip.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -207,4 +207,68 @@ def corpus_summary(
             warnings.extend(section_warnings)
         summary["tokens"] = tokens
     summary["warnings"] = warnings
+    return summary
+
+
+#: Report files a plain folder is read for (recursively).
+REPORT_FILE_PATTERN: str = "*.txt"
+
+
+def read_report_folder(
+    folder: str | Path, pattern: str = REPORT_FILE_PATTERN
+) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """Read every report file under ``folder`` (recursively) as ``reports.csv``-like rows.
+
+    A report id is the file's path under ``folder`` without its suffix (``2024/R001``), so files of
+    the same name in different subfolders stay apart. Files that are not UTF-8 are read with the
+    fallback codecs of :func:`mammoclip.text.reports.decode_bytes` (cp1252, then latin-1) rather than
+    stopping the run.
+
+    Returns:
+        The rows (``report_id``, ``text``) in path order, and ``{report_id: codec}`` for every file that
+        was not UTF-8.
+
+    Raises:
+        DataError: ``folder`` is not a folder, or holds no file matching ``pattern``.
+    """
+    from mammoclip.text.reports import REPORT_ENCODINGS, decode_bytes
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of report files")
+    files = sorted(p for p in folder.rglob(pattern) if p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no report files matching {pattern} (searched recursively)")
+    rows: list[dict[str, str]] = []
+    fallback: dict[str, str] = {}
+    for path in files:
+        report_id = path.relative_to(folder).with_suffix("").as_posix()
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+        text, codec = decode_bytes(data)
+        if codec != REPORT_ENCODINGS[0]:
+            fallback[report_id] = codec
+        rows.append({"report_id": report_id, "text": text})
+    return rows, fallback
+
+
+def folder_summary(
+    folder: str | Path,
+    *,
+    pattern: str = REPORT_FILE_PATTERN,
+    tokenizer: Any = None,
+    max_length: int = TEXT_MAX_LENGTH,
+) -> dict[str, Any]:
+    """:func:`corpus_summary` of a plain folder of report files, no manifest needed.
+
+    Adds ``non_utf8`` (``{report_id: codec}`` of the files read with a fallback codec) and one warning
+    per such file; there is no ``label_agreement`` (no labels without a manifest).
+    """
+    rows, fallback = read_report_folder(folder, pattern)
+    summary = corpus_summary(rows, tokenizer=tokenizer, max_length=max_length)
+    summary["non_utf8"] = fallback
+    decoded = [f"report {rid}: not valid UTF-8; read as {codec}" for rid, codec in fallback.items()]
+    summary["warnings"] = decoded + summary["warnings"]
     return summary
