@@ -8,10 +8,14 @@ Layout written by :func:`save_checkpoint`::
                           #  "tokenizer" (source + saved folder), "provenance", "extra"}
       tokenizer/          # the vocabulary files, so the checkpoint loads without its original source
 
-Loading never executes pickled code: safetensors for our format, ``torch.load(weights_only=True)`` for
-the official Mammo-CLIP files (a ``torch.save`` zip holding tensors and a plain config dict,
+Loading never executes pickled code: safetensors for our format, the restricted unpickler of
+:mod:`mammoclip.models.unpickle` for the official Mammo-CLIP files and other ``torch.save`` files
+(tensors and plain containers are rebuilt, every other global becomes an inert placeholder;
 docs/original.md §3 "Checkpoint state_dict layout" and §5 "Checkpoint dict keys"). Paths stored inside
-the official config (cluster paths, HF ``cache_dir``) are never used.
+the official config (cluster paths, HF ``cache_dir``) are never used. A damaged folder (a truncated or
+empty ``model.safetensors``, a ``config.json`` that is not JSON or lacks its model) fails with one
+:class:`CheckpointError` line naming the file, and a tokenizer is read from the checkpoint folder, never
+from a hub unless the caller allows it.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
+import numbers
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import mammoclip
@@ -32,8 +39,12 @@ from mammoclip.errors import CheckpointError, ConfigError
 from mammoclip.models.clip import MammoCLIP
 from mammoclip.models.config import MammoClipCfg
 from mammoclip.models.image import lukemelas_to_timm
+from mammoclip.models.pretrained import resolve_source
 from mammoclip.models.registry import resolve_config
 from mammoclip.models.text import get_tokenizer
+from mammoclip.models.unpickle import RestrictedLoad, restricted_load
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mammoclip"
 FORMAT_VERSION = 1
@@ -48,6 +59,8 @@ OFFICIAL_ARCHS: dict[str, dict[str, Any]] = {
 }
 #: The official text encoder (docs/original.md §2.4), used for the tokenizer when none is given.
 OFFICIAL_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
+#: How many keys of each kind a mismatch error names (the counts are always complete).
+MISMATCH_SHOWN = 5
 
 
 # --- provenance ------------------------------------------------------------------------------------
@@ -80,7 +93,8 @@ def provenance() -> dict[str, Any]:
 # --- our format --------------------------------------------------------------------------------------
 
 
-def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool = True, **extra: Any) -> Path:
+def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool = True,
+                    allow_download: bool = False, **extra: Any) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (+ ``tokenizer/``) into ``out_dir``.
 
     Args:
@@ -88,6 +102,8 @@ def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool 
         out_dir: Folder to create (existing files of the same names are replaced).
         save_tokenizer: Copy the vocabulary into ``tokenizer/`` so the checkpoint is self-contained;
             skipped with a note in ``config.json`` when the tokenizer source is not reachable.
+        allow_download: Let a hub-named tokenizer source be fetched to be saved; by default only a
+            local or package source is copied (no network, no minute-long hub retries).
         **extra: JSON-serialisable values stored under ``"extra"`` (epoch, metrics, a data summary ...).
 
     Returns:
@@ -100,6 +116,9 @@ def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool 
     tok_info: dict[str, Any] = {"source": model.cfg.text.tokenizer, "saved": None}
     if save_tokenizer and model.cfg.text.tokenizer is not None:
         try:
+            src = resolve_source(model.cfg.text.tokenizer, base_dir=getattr(model, "source_dir", None))
+            if src.kind == "hub" and not allow_download:
+                raise ConfigError(f"tokenizer {src.ref!r} is a hub name and downloads are not allowed")
             get_tokenizer(model).save(out / TOKENIZER_DIR)
             tok_info["saved"] = TOKENIZER_DIR
         except ConfigError as err:
@@ -122,18 +141,42 @@ def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool 
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a checkpoint folder."""
+    """The parsed and checked ``config.json`` of a checkpoint folder.
+
+    Raises:
+        CheckpointError: One line naming ``config.json`` and what is wrong with it: missing, not
+            UTF-8 JSON, not an object, another format, a bad or newer ``format_version``, no ``model``.
+    """
     folder = _folder(path)
+    file = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} does not exist" if not folder.exists()
+                              else f"{folder} is not a mammoclip checkpoint folder")
     try:
-        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        meta = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise CheckpointError(f"{folder} is not a mammoclip checkpoint: no {CONFIG_NAME}") from err
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{folder / CONFIG_NAME} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON: {str(err).splitlines()[0]}") from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read {file}: {err.strerror or err}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file} is not a mammoclip checkpoint config (a JSON {type(meta).__name__}, "
+                              "not an object)")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder / CONFIG_NAME} is not a mammoclip checkpoint (format={meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{folder} was written by a newer mammoclip (format_version {meta['format_version']})")
+        raise CheckpointError(f"{file} is not a mammoclip checkpoint (format={meta.get('format')!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{file} has an invalid format_version {version!r} (expected an integer "
+                              f"1..{FORMAT_VERSION})")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{file} was written by a newer mammoclip (format_version {version}; this "
+                              f"version reads up to {FORMAT_VERSION}): upgrade mammoclip")
+    if not isinstance(meta.get("model"), dict):
+        what = "has no \"model\" entry" if "model" not in meta else f"has \"model\": {json.dumps(meta['model'])[:40]}"
+        raise CheckpointError(f"{file} {what}; the model config is needed to rebuild the model")
+    if not isinstance(meta.get("tokenizer", {}), dict):
+        raise CheckpointError(f"{file} has a malformed \"tokenizer\" entry (expected an object)")
     return meta
 
 
@@ -144,19 +187,75 @@ def _folder(path: str | Path) -> Path:
     return p
 
 
-def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` and fail naming every missing / unexpected / mis-shaped key."""
-    own = model.state_dict()
+def _first(items: list[str], n: int = MISMATCH_SHOWN) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... (+{len(items) - n})" if len(items) > n else "")
+
+
+def mismatch_summary(own: dict[str, torch.Tensor], state: dict[str, Any]) -> str:
+    """``""`` when ``state`` fits ``own``; else counts of missing / unexpected / mis-shaped keys, first few each.
+
+    A whole-model mismatch names thousands of keys: the counts say how bad it is, the first few
+    which part of the model it is, without an 18,000-character line.
+    """
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{source} does not match the model: missing keys {missing}, unexpected keys {unexpected}, "
-            f"shape mismatches {shapes}"
-        )
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state)
+                    if not isinstance(state[k], torch.Tensor) or own[k].shape != state[k].shape)
+    parts = [f"{len(keys)} {what} ({_first(keys)})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", shapes))
+             if keys]
+    return "; ".join(parts)
+
+
+def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = "") -> None:
+    """Load ``state`` strictly; a mismatch is one :class:`CheckpointError` line with counts and first keys."""
+    summary = mismatch_summary(model.state_dict(), state)
+    if summary:
+        raise CheckpointError(f"{source} does not match the model: {summary}" + (f". {hint}" if hint else ""))
     model.load_state_dict(state, strict=True)
+
+
+def _config_hint(folder: Path, model: MammoCLIP) -> str:
+    """Which config a checkpoint folder was made with, against the one asked for (when they differ)."""
+    try:
+        made_cfg = read_checkpoint_config(folder)["model"]
+    except CheckpointError:
+        return ""
+    made = made_cfg.get("name")
+    asked_cfg = model.cfg.to_dict()
+    diffs = [f"{k}: {_short(made_cfg.get(k))} vs {_short(asked_cfg.get(k))}"
+             for k in sorted(set(made_cfg) | set(asked_cfg)) if k not in ("name", "description", "text")
+             and made_cfg.get(k) != asked_cfg.get(k)]
+    made_text, asked_text = made_cfg.get("text") or {}, asked_cfg.get("text") or {}
+    diffs += [f"text.{k}: {_short(made_text.get(k))} vs {_short(asked_text.get(k))}"
+              for k in ("pretrained", "hf_config", "pooling") if made_text.get(k) != asked_text.get(k)]
+    asked = model.cfg.name
+    if made != asked or diffs:
+        return (f"The checkpoint was made with config {made!r}, the model was built from {asked!r}"
+                + (f" (differs in {_first(diffs, 3)})" if diffs else ""))
+    return "config.json and model.safetensors disagree (a checkpoint edited or assembled by hand?)"
+
+
+def _short(value: Any, n: int = 40) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _read_safetensors(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors``; a damaged file is one line naming it."""
+    if not weights.is_file():
+        what = "is missing" if not weights.exists() else "is not a file"
+        raise CheckpointError(f"{weights} {what}: the checkpoint has no weights")
+    size = weights.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{weights} is empty (0 bytes): the checkpoint was not written completely")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{weights} is damaged or truncated ({size} bytes): {first}") from err
 
 
 def load_weights_into(model: MammoCLIP, path: str | Path) -> None:
@@ -168,37 +267,72 @@ def load_weights_into(model: MammoCLIP, path: str | Path) -> None:
         return
     folder = _folder(p)
     weights = folder / WEIGHTS_NAME
-    if not weights.exists():
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} does not exist")
+    if not weights.exists() and not (folder / CONFIG_NAME).exists():
         raise CheckpointError(f"{folder} is not a mammoclip checkpoint: no {WEIGHTS_NAME}")
-    _strict_load(model, load_file(str(weights)), str(weights))
+    _strict_load(model, _read_safetensors(weights), str(weights), _config_hint(folder, model))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> MammoCLIP:
+def checkpoint_tokenizer(folder: Path, meta: dict[str, Any], allow_download: bool = False) -> str | None:
+    """The tokenizer source a checkpoint folder's model should use, decided without any network.
+
+    1. ``tokenizer/`` saved in the folder and present: ``"tokenizer"``, resolved against the folder
+       (``model.source_dir``). Only when it is present: a relative ``"tokenizer"`` that is missing
+       would be taken for a hub repo of that name, and transformers retries it for a minute.
+    2. Otherwise the source recorded at save time, if it resolves locally (``package:NAME``, a
+       folder that exists) or ``allow_download`` is set for a hub name.
+    3. Otherwise the absolute path of the missing ``tokenizer/``: tokenizing then fails at once with
+       a one-line error naming it, while the weights still load (image-only use needs no tokenizer).
+    """
+    saved = folder / TOKENIZER_DIR
+    tok = meta.get("tokenizer") or {}
+    if tok.get("saved") and (folder / str(tok["saved"])).is_dir():
+        return str(tok["saved"])
+    source = tok.get("source", meta["model"].get("text", {}).get("tokenizer"))
+    if not isinstance(source, str) or not source:
+        return None if source is None and not tok.get("saved") else str(saved.resolve())
+    try:
+        kind = resolve_source(source).kind
+    except ConfigError:
+        return str(saved.resolve())
+    return source if kind == "local" or allow_download else str(saved.resolve())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    allow_download: bool = False) -> MammoCLIP:
     """Rebuild a model from a checkpoint folder, offline and without unpickling anything.
 
     Args:
         path: A checkpoint folder (or its ``model.safetensors``/``config.json``), or an official
             Mammo-CLIP ``.tar`` (converted in memory, see :func:`convert_official`).
         map_location: Device for the weights.
+        allow_download: Let the tokenizer fall back to a hub name recorded in ``config.json`` when
+            the folder has no ``tokenizer/`` (see :func:`checkpoint_tokenizer`). Off by default.
 
     Returns:
         The model in eval mode; ``get_tokenizer(model)`` finds the saved vocabulary.
 
     Raises:
-        CheckpointError: Not a checkpoint, a pickle that is not plain tensors, or mismatching keys.
+        CheckpointError: Not a checkpoint, a damaged file (one line naming it), or mismatching keys.
     """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
     if p.is_file() and p.suffix not in (".safetensors", ".json"):
-        model = convert_official(p)
+        model = convert_official(p, allow_download=allow_download)
     else:
         folder = _folder(p)
         meta = read_checkpoint_config(folder)
-        cfg = MammoClipCfg.from_dict(meta["model"])
-        if meta.get("tokenizer", {}).get("saved"):
-            cfg.text.tokenizer = meta["tokenizer"]["saved"]
-        model = MammoCLIP(cfg, pretrained=False)
+        try:
+            cfg = MammoClipCfg.from_dict(meta["model"])
+        except ConfigError as err:
+            raise CheckpointError(f"{folder / CONFIG_NAME}: {err}") from err
+        cfg.text.tokenizer = checkpoint_tokenizer(folder, meta, allow_download)
+        try:
+            model = MammoCLIP(cfg, pretrained=False)
+        except ConfigError as err:
+            raise CheckpointError(f"{folder / CONFIG_NAME} describes a model that cannot be built: {err}") from err
         model.source_dir = folder
         load_weights_into(model, folder)
     return model.to(map_location).eval()
@@ -207,18 +341,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 # --- the official Mammo-CLIP checkpoints ---------------------------------------------------------------
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary code."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise CheckpointError(f"checkpoint {path} does not exist") from err
-    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, ... all mean "refused"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"refused to load {path}: it is not a plain tensor checkpoint (torch.load weights_only=True "
-            f"failed: {first})"
-        ) from err
+def safe_torch_load(path: str | Path) -> RestrictedLoad:
+    """A ``torch.save`` file through the restricted unpickler: tensors out, metadata inert, nothing runs."""
+    loaded = restricted_load(path)
+    if loaded.placeholders:
+        log.info("%s: %s", path, loaded.note())
+    return loaded
 
 
 def _official_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -226,7 +354,8 @@ def _official_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not any(str(k).startswith("image_encoder.") for k in state):
         raise CheckpointError(f"{path} is not an official Mammo-CLIP checkpoint: no 'image_encoder.*' weights")
     # DDP-wrapped saves prefix every key with "module.".
-    return {re.sub(r"^module\.", "", k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {re.sub(r"^module\.", "", k): v for k, v in state.items()
+            if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 def detect_official_arch(state: dict[str, torch.Tensor]) -> str:
@@ -269,7 +398,7 @@ def official_state_dict(path_or_state: str | Path | dict[str, torch.Tensor], mod
     if isinstance(path_or_state, dict):
         state = path_or_state
     else:
-        state = _official_model_state(safe_torch_load(path_or_state), Path(path_or_state))
+        state = _official_model_state(safe_torch_load(path_or_state).obj, Path(path_or_state))
     own = model.state_dict()
     image = {k[len("image_encoder."):]: v for k, v in state.items()
              if k.startswith("image_encoder.") and not k.startswith("image_encoder._fc.")}
@@ -303,22 +432,28 @@ def _sha256(path: Path) -> str:
 
 
 def convert_official(ckpt_path: str | Path, out_dir: str | Path | None = None, text_encoder: str | None = None,
-                     arch: str | None = None, image_size: tuple[int, int] | None = None) -> MammoCLIP:
+                     arch: str | None = None, image_size: tuple[int, int] | None = None,
+                     allow_download: bool = False) -> MammoCLIP:
     """Convert an official Mammo-CLIP ``.tar`` (``b5-model-best-epoch-7.tar`` ...) into a :class:`MammoCLIP`.
 
     Args:
-        ckpt_path: The official file (a ``torch.save`` zip, loaded with ``weights_only=True``).
+        ckpt_path: The official file (a ``torch.save`` zip or legacy stream, read by the restricted
+            unpickler: its metadata's numpy values load, any other object becomes an inert placeholder
+            recorded in ``config.json`` under ``extra.official.ignored``).
         out_dir: If given, the converted checkpoint is saved there (:func:`save_checkpoint`).
         text_encoder: Tokenizer source (local folder or hub name) for Bio_ClinicalBERT; the weights
-            themselves come from the checkpoint. Defaults to the hub name (needs network to tokenize).
+            themselves come from the checkpoint. Defaults to the hub name, which is fetched only with
+            ``allow_download`` (otherwise the checkpoint is saved without ``tokenizer/``).
         arch: "b5" or "b2"; detected from the weights when None (a mismatch is an error).
         image_size: Input (H, W) to record; the paper's 1520x912 by default.
+        allow_download: Let a hub-named ``text_encoder`` be fetched to save the tokenizer.
 
     Returns:
         The converted model in eval mode.
     """
     path = Path(ckpt_path)
-    obj = safe_torch_load(path)
+    loaded = safe_torch_load(path)
+    obj = loaded.obj
     state = _official_model_state(obj, path)
     found = detect_official_arch(state)
     if arch is not None and arch != found:
@@ -334,8 +469,10 @@ def convert_official(ckpt_path: str | Path, out_dir: str | Path | None = None, t
     _strict_load(model, official_state_dict(state, model), str(path))
     model.eval()
     if out_dir is not None:
-        info: dict[str, Any] = {"file": path.name, "sha256": _sha256(path), "arch": found}
-        if isinstance(obj, dict):
-            info.update({k: obj[k] for k in ("epoch", "train_loss") if isinstance(obj.get(k), (int, float))})
-        save_checkpoint(model, out_dir, official=info)
+        info: dict[str, Any] = {"file": path.name, "sha256": _sha256(path), "arch": found,
+                                "ignored": dict(sorted(loaded.placeholders.items()))}
+        if isinstance(obj, dict):  # numpy scalars are numbers.Real too; JSON needs plain Python values
+            info.update({k: int(v) if isinstance(v, numbers.Integral) else float(v) for k in ("epoch", "train_loss")
+                         if isinstance(v := obj.get(k), numbers.Real) and not isinstance(v, bool)})
+        save_checkpoint(model, out_dir, allow_download=allow_download, official=info)
     return model
