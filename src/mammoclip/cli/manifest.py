@@ -17,7 +17,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--adapter", default=None, help="source format (detected when omitted): see --list")
     b.add_argument("--out", required=False, help="output folder")
     b.add_argument("--list", action="store_true", help="list the adapters and exit")
+    b.add_argument("--group-by", choices=("auto", "folders", "tags"), default=None,
+                   help="folder: patients/studies from <patient>/<study>/ folder names or from DICOM tags "
+                        "(default auto: folders when every file is two folders deep)")
+    b.add_argument("--labels", default=None, help="folder: CSV of image-level labels to join (mass, "
+                   "calcification, malignant, density, birads ...)")
+    b.add_argument("--labels-key", default=None, help="folder: the --labels column holding the file name, "
+                   "relative path or SOPInstanceUID (detected when omitted)")
+    b.add_argument("--images", default=None, help="official_csv: folder holding <patient_id>/<image> "
+                   "(default: the CSV's folder)")
+    b.add_argument("--require-text", action="store_true",
+                   help="official_csv: refuse a table in which no breast has report text")
     b.set_defaults(func=_build)
+
+
+#: Adapter-specific options of ``manifest build``: argparse name -> the one adapter that takes it.
+#: Given without --adapter, the option picks that adapter.
+ADAPTER_OPTIONS: dict[str, str] = {"group_by": "folder", "labels": "folder", "labels_key": "folder",
+                                   "images": "official_csv", "require_text": "official_csv"}
+
+
+def _adapter_options(args: argparse.Namespace) -> tuple[str | None, dict[str, object]]:
+    """The adapter to use and the keyword options to pass it; one line when they do not fit."""
+    from mammoclip.errors import ConfigError
+
+    given = {name: getattr(args, name) for name in ADAPTER_OPTIONS if getattr(args, name) not in (None, False)}
+    adapter = args.adapter
+    for name in given:
+        owner = ADAPTER_OPTIONS[name]
+        flag = "--" + name.replace("_", "-")
+        if adapter is None:
+            adapter = owner
+        elif adapter != owner:
+            raise ConfigError(f"{flag} works only with --adapter {owner} (got --adapter {adapter})")
+    if "labels_key" in given and "labels" not in given:
+        raise ConfigError("--labels-key needs --labels")
+    return adapter, given
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -57,6 +92,7 @@ def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mammoclip.data.adapters import build_bundle, list_adapters
+    from mammoclip.data.manifest import LABEL_COLUMNS, LEFT_OUT_FILE
     from mammoclip.errors import ConfigError
 
     if args.list:
@@ -65,7 +101,8 @@ def _build(args: argparse.Namespace) -> int:
         return 0
     if not args.source or not args.out:
         raise ConfigError("manifest build needs SOURCE and --out DIR (or --list)")
-    bundle = build_bundle(Path(args.source), adapter=args.adapter)
+    adapter, options = _adapter_options(args)
+    bundle = build_bundle(Path(args.source), adapter=adapter, **options)
     out = Path(args.out)
     images = bundle.images.copy()
     # Paths are relative to the source; make them absolute so the manifest works from --out.
@@ -78,9 +115,12 @@ def _build(args: argparse.Namespace) -> int:
         bundle.boxes = boxes
     path = bundle.save(out)
     print(f"{len(images)} images, {len(bundle.boxes)} boxes, {len(bundle.reports)} reports -> {path}")
+    labels = [c for c in LABEL_COLUMNS if c in images.columns]
+    if labels:
+        print("  labels: " + ", ".join(f"{c} {int(images[c].notna().sum())}" for c in labels))
     skipped = list(bundle.images.attrs.get("skipped", []))
     for _file, reason in skipped[:10]:
         print(f"  left out: {reason}")
     if len(skipped) > 10:
-        print(f"  ... {len(skipped) - 10} more files left out")
+        print(f"  ... {len(skipped) - 10} more files left out (all in {LEFT_OUT_FILE})")
     return 0

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,9 @@ REPORT_COLUMNS: tuple[str, ...] = ("report_id", "findings", "impression", "histo
 MANIFEST_FILE = "manifest.csv"
 BOXES_FILE = "boxes.csv"
 REPORTS_FILE = "reports.csv"
+#: Files an adapter left out (``file, reason``), from ``images.attrs["skipped"]``; written by
+#: :meth:`Bundle.save` and read back by :func:`load_bundle`, so a later ``preprocess`` still reports them.
+LEFT_OUT_FILE = "left_out.csv"
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,45 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def read_table_csv(path: Path, what: str, **kwargs: Any) -> pd.DataFrame:
+    """``pd.read_csv`` for the project's tables (manifest, boxes, reports), with one-line errors.
+
+    The tables are UTF-8 (what :func:`write_manifest` and every spreadsheet's "CSV UTF-8" export
+    write; a byte-order mark is accepted). Another encoding is refused rather than guessed: a cp1252
+    fallback would silently turn the bytes of any other code page into wrong report text, so the
+    error names the file, the line and byte offset of the first invalid byte, and the fix.
+
+    Args:
+        path: The CSV file.
+        what: What the table is, for the message (``"manifest"``, ``"reports table"``).
+        **kwargs: Passed to ``pd.read_csv`` (dtypes, NA handling).
+
+    Raises:
+        DataError: not UTF-8, or not parseable as CSV.
+    """
+    try:
+        return pd.read_csv(path, encoding="utf-8", **kwargs)
+    except UnicodeDecodeError as err:
+        raise DataError(_not_utf8(path, what)) from err
+    except (pd.errors.ParserError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: cannot parse {what}: {first}") from err
+
+
+def _not_utf8(path: Path, what: str) -> str:
+    """The one-line message for a table that is not UTF-8: where the first bad byte is and the fix."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        where = f"line {line}, byte offset {err.start} (0x{raw[err.start]:02x})"
+    else:  # pandas decodes in chunks; the whole file decodes, so the chunking itself was at fault
+        where = "a chunk boundary"
+    return (f"{path}: {what} is not UTF-8 text (first invalid byte at {where}); re-save it as UTF-8, "
+            f"e.g. `iconv -f cp1252 -t utf-8 {path.name} > fixed.csv` or \"CSV UTF-8\" in a spreadsheet")
+
+
 def read_manifest(path: str | Path, *, validate: bool = True, check_files: bool = False) -> pd.DataFrame:
     """Read and validate ``manifest.csv`` (or ``.parquet``).
 
@@ -185,13 +228,14 @@ def read_manifest(path: str | Path, *, validate: bool = True, check_files: bool 
     path = Path(path)
     if not path.exists():
         raise DataError(f"manifest not found: {path}")
-    try:
-        if path.suffix == ".parquet":
+    if path.suffix == ".parquet":
+        try:
             df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "study_id": str, "report_id": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{path}: cannot parse manifest: {err}") from err
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot parse manifest: {err}") from err
+    else:
+        df = read_table_csv(path, "manifest",
+                            dtype={"image_id": str, "patient_id": str, "study_id": str, "report_id": str})
     if validate:
         problems = validate_manifest(df, check_files=check_files, root=path.parent)
         if problems:
@@ -255,7 +299,7 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return empty_boxes()
-    df = pd.read_csv(path, dtype={"image_id": str, "label": str, "space": str})
+    df = read_table_csv(path, "boxes table", dtype={"image_id": str, "label": str, "space": str})
     missing = [c for c in BOX_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: boxes table lacks columns {missing}")
@@ -275,7 +319,7 @@ def read_reports(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return empty_reports()
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_table_csv(path, "reports table", dtype=str, keep_default_na=False)
     missing = [c for c in REPORT_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: reports table lacks columns {missing}")
@@ -312,6 +356,11 @@ class Bundle:
         folder = Path(folder)
         write_boxes(self.boxes, folder / BOXES_FILE)
         write_reports(self.reports, folder / REPORTS_FILE)
+        left_out = list(self.images.attrs.get("skipped", []))
+        if left_out:
+            pd.DataFrame(left_out, columns=["file", "reason"]).to_csv(folder / LEFT_OUT_FILE, index=False)
+        elif (folder / LEFT_OUT_FILE).exists():
+            (folder / LEFT_OUT_FILE).unlink()  # a stale list from an earlier build must not be read back
         return write_manifest(self.images, folder / MANIFEST_FILE)
 
 
@@ -326,6 +375,10 @@ def load_bundle(path: str | Path, *, check_files: bool = False) -> Bundle:
     if path.is_dir():
         path = path / MANIFEST_FILE
     images = read_manifest(path, check_files=check_files)
+    if (path.parent / LEFT_OUT_FILE).exists():
+        left_out = pd.read_csv(path.parent / LEFT_OUT_FILE, dtype=str, keep_default_na=False)
+        if {"file", "reason"} <= set(left_out.columns):
+            images.attrs["skipped"] = list(zip(left_out["file"], left_out["reason"], strict=True))
     return Bundle(
         images=images,
         boxes=read_boxes(path.parent / BOXES_FILE),

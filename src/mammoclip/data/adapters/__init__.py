@@ -5,8 +5,8 @@ Each adapter module registers itself with :func:`register_adapter` under a name 
 ``load(source, **options) -> Bundle``. :func:`build_bundle` picks one by name or by detection, so
 new sources are added by writing a module, never by editing a chain of ifs.
 
-Formats (docs/original.md §8): ``folder`` (``<root>/<patient>/<study>/*.dcm`` + ``report.txt``),
-``official_csv`` (the original image-text CSV), ``vindr`` (VinDr-Mammo CSVs), ``rsna``
+Formats (docs/original.md §8): ``folder`` (DICOM files in any layout, grouped by folder names or by
+DICOM tags, + reports and a labels CSV), ``official_csv`` (the original image-text tables), ``vindr`` (VinDr-Mammo CSVs), ``rsna``
 (``train.csv``), ``cbis_ddsm`` (case-description CSVs), ``synthetic`` (our cohort).
 """
 
