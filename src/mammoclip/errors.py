@@ -15,6 +15,17 @@ class DataError(MammoclipError):
     """Bad or missing input data: a corrupt DICOM, a malformed CSV, a manifest problem."""
 
 
+class ImageError(DataError):
+    """One image that cannot be processed, with a stable ``code`` (``mammoclip.imaging.failures``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[type[ImageError], tuple[str, str]]:  # picklable across processes
+        return type(self), (str(self), self.code)
+
+
 class ConfigError(MammoclipError):
     """An invalid option, configuration value or model name."""
 

@@ -53,7 +53,8 @@ def test_preprocess_writes_manifest_boxes_masks(tmp_path: Path) -> None:
     result = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE, window="minmax"))
     assert (result.processed, result.failed) == (4, 2)
     failures = pd.read_csv(tmp_path / "out" / "failures.csv")
-    assert list(failures.columns) == ["file", "reason"]
+    assert list(failures.columns) == ["file", "code", "reason"]
+    assert sorted(failures["code"]) == ["MISSING_FILE", "NOT_DICOM"]
     assert any("not a DICOM file" in r for r in failures["reason"]) and any("file not found" in r for r in failures["reason"])
     out = load_bundle(tmp_path / "out", check_files=True)
     assert len(out.images) == 4 and set(out.boxes["space"]) == {"processed"}
@@ -160,4 +161,6 @@ def test_cli_preprocess_and_merge(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = load_bundle(tmp_path / "o")
     assert len(out.images) == 2 and (out.images["height"] == 64).all()
     assert "processed" in capsys.readouterr().out
-    assert main(["preprocess", str(src), "--out", str(tmp_path / "o2"), "--size", "big"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # checked by the option type (cli/_options.py)
+        main(["preprocess", str(src), "--out", str(tmp_path / "o2"), "--size", "big"])
+    assert exit_.value.code == 2

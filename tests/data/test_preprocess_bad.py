@@ -38,6 +38,9 @@ BAD_REASONS: dict[str, str] = {
     "mpeg": "no decoder for transfer syntax 'MPEG2",
     "gone": "not found",
 }
+#: image_id of each bad input -> its failure code.
+BAD_CODES: dict[str, str] = {"truncated": "DECODE_ERROR", "junk": "NOT_DICOM", "nopixels": "NO_PIXELS",
+                             "ct": "NOT_MG", "mpeg": "UNSUPPORTED_SYNTAX", "gone": "MISSING_FILE"}
 
 
 def _add_rows(manifest: Path, extra: list[tuple[str, str]]) -> Path:
@@ -90,18 +93,23 @@ def _check_bad_batch(src: Path, out: Path, workers: int) -> list[tuple[str, str]
         assert img.shape == SIZE and img.dtype == np.uint8 and img.max() > 0
 
     failures = pd.read_csv(out / "failures.csv")
-    assert list(failures.columns) == ["file", "reason"] and len(failures) == len(BAD_REASONS)
-    by_name = {Path(f).stem: (f, r) for f, r in zip(failures["file"], failures["reason"], strict=True)}
+    assert list(failures.columns) == ["file", "code", "reason"] and len(failures) == len(BAD_REASONS)
+    by_name = {Path(f).stem: (f, c, r) for f, c, r in zip(failures["file"], failures["code"], failures["reason"],
+                                                          strict=True)}
     by_name["gone"] = by_name.pop("missing")
     assert set(by_name) == set(BAD_REASONS)
+    assert result.by_code == {code: 1 for code in BAD_CODES.values()}
     for iid, needle in BAD_REASONS.items():
-        file, reason = by_name[iid]
+        file, code, reason = by_name[iid]
+        assert code == BAD_CODES[iid], (iid, code, reason)
+        assert "\n" not in reason
         assert Path(file).is_absolute() and Path(file).parent == src.parent / "dicom"
         assert file in reason, f"{iid}: the reason should name the file: {reason}"
         assert needle in reason, f"{iid}: expected {needle!r} in {reason!r}"
 
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["processed"], summary["skipped"], summary["failed"]) == (GOOD, 0, len(BAD_REASONS))
+    assert summary["failures_by_code"] == result.by_code
     assert summary["workers"] == workers
     return sorted(zip(failures["file"], failures["reason"], strict=True))
 
@@ -150,8 +158,10 @@ def test_jpeg2000_without_decoder_plugins(tmp_path: Path, no_jpeg2000_decoder: N
     _assert_missing_decoder_reason(str(err.value), j2k)
 
     src = _add_rows(manifest, [("j2k", "dicom/j2k.dcm")])
-    result = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE), workers=1)
+    # isolate=False: the decoders are removed in this process only, by the fixture
+    result = preprocess(src, tmp_path / "out", PreprocessOptions(size=SIZE), workers=1, isolate=False)
     assert (result.processed, result.failed) == (2, 1)
+    assert result.codes == ["UNSUPPORTED_SYNTAX"]
     failures = pd.read_csv(tmp_path / "out" / "failures.csv")
     assert list(failures["file"]) == [str(j2k)]
     _assert_missing_decoder_reason(failures["reason"][0], j2k)

@@ -12,16 +12,26 @@ Design choices, each for a reason the original lacked (docs/original.md §1, §1
   options and the record; a later run with the same options skips it without decoding.
 * Shardable: ``shard=(i, N)`` processes every N-th image and writes ``manifest.part-i.csv``,
   ``boxes.part-i.csv``, ``failures.part-i.csv``; :func:`merge_shards` joins them.
-* A failing image is logged in ``failures.csv`` (file, reason) and the batch goes on.
+* A failing image is logged in ``failures.csv`` (file, code, one-line reason; codes in
+  :mod:`mammoclip.imaging.failures`) and the batch goes on, whatever the file does: every exception
+  type is caught in the worker, the declared size is checked against a budget before decoding
+  (:class:`~mammoclip.imaging.dicom.DecodeLimits`), and images are decoded in child processes
+  (also with one worker), so a native crash costs one pool; the images that were in flight are
+  then rerun one per process, which names the guilty file (``DECODE_CRASH``, recorded so that a
+  rerun skips it) and clears the innocent ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import signal
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,22 +52,29 @@ from mammoclip.data.manifest import (
     write_manifest,
     write_reports,
 )
-from mammoclip.errors import ConfigError, DataError
+from mammoclip.errors import ConfigError, DataError, ImageError
+from mammoclip.imaging import failures as fc
 from mammoclip.imaging.breast import (
     FLIP_TARGETS,
+    ORIENTATION_SOURCES,
     RESIZE_MODES,
     WINDOWS,
     BreastPreprocess,
     TransformRecord,
     paper_preprocess,
 )
-from mammoclip.imaging.dicom import decode_dicom, read_dicom
+from mammoclip.imaging.dicom import DEFAULT_LIMITS, DecodeLimits, check_file, decode_dicom, read_dicom
 from mammoclip.imaging.imageio import read_image, write_bytes_atomic, write_png
 
 MODES: tuple[str, ...] = ("ours", "paper")
 WINDOW_CHOICES: tuple[str, ...] = ("voi", *WINDOWS)
 FAILURES_FILE = "failures.csv"
+FAILURE_COLUMNS: tuple[str, ...] = ("file", "code", "reason")
 SUMMARY_FILE = "summary.json"
+#: Suffix of the record a crashed image leaves next to its (missing) PNG: ``<png>.failed.json``.
+FAILED_RECORD_SUFFIX = ".failed.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,20 +134,32 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def process_image(path: str | Path, options: PreprocessOptions) -> tuple[np.ndarray, TransformRecord]:
-    """Decode one DICOM and preprocess it. Returns the uint8/uint16 image and its record."""
+def process_image(path: str | Path, options: PreprocessOptions, limits: DecodeLimits | None = DEFAULT_LIMITS
+                  ) -> tuple[np.ndarray, TransformRecord]:
+    """Decode one DICOM and preprocess it. Returns the uint8/uint16 image and its record.
+
+    Raises:
+        ImageError: with a code of :mod:`mammoclip.imaging.failures`; ``BLANK_OUTPUT`` when the
+            processed image holds a single value (an all-black PNG is never a success).
+    """
     if options.mode == "paper":
-        values, meta = read_dicom(path, voi=False, invert=False)
+        values, meta = read_dicom(path, voi=False, invert=False, limits=limits)
         if min(values.shape) <= 2 * PAPER_BORDER_CROP:
-            raise DataError(f"{path}: image {values.shape} too small for the paper's border crop")
-        return paper_preprocess(values, meta.inverted, options.size, border=PAPER_BORDER_CROP)
-    use_voi = options.window == "voi"
-    # Codes + LUT: only the segmentation subsample and the crop are ever converted to float.
-    codes, lut, meta = decode_dicom(path, voi=use_voi, invert=True)
-    transform = BreastPreprocess(options.size, resize=options.resize, flip_to=options.flip_to,
-                                 window="minmax" if use_voi else options.window, bits=options.bits)
-    window_range = meta.value_range if use_voi and meta.has_voi else None
-    return transform(codes, window_range=window_range, lut=lut)
+            raise ImageError(f"{path}: image {values.shape} too small for the paper's border crop", fc.TOO_SMALL)
+        image, record = paper_preprocess(values, meta.inverted, options.size, border=PAPER_BORDER_CROP)
+    else:
+        use_voi = options.window == "voi"
+        # Codes + LUT: only the segmentation subsample and the crop are ever converted to float.
+        codes, lut, meta = decode_dicom(path, voi=use_voi, invert=True, limits=limits)
+        transform = BreastPreprocess(options.size, resize=options.resize, flip_to=options.flip_to,
+                                     window="minmax" if use_voi else options.window, bits=options.bits)
+        window_range = meta.value_range if use_voi and meta.has_voi else None
+        image, record = transform(codes, window_range=window_range, lut=lut,
+                                  patient_orientation=meta.patient_orientation, laterality=meta.image_laterality)
+    if image.size and image.min() == image.max():
+        raise ImageError(f"{path}: the processed image holds the single value {image.flat[0]} (blank)",
+                         fc.BLANK_OUTPUT)
+    return image, record
 
 
 _WORKER_START_RSS_KB: int | None = None
@@ -228,42 +257,191 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
+def _failure(task: dict[str, Any], code: str, reason: str) -> dict[str, Any]:
+    """A worker's failure entry: the file, a stable code, a one-line reason (plain strings: picklable)."""
+    return {"image_id": task["image_id"], "file": task["src"], "code": code, "error": fc.one_line(reason)}
+
+
+def _failed_record(out_png: Path) -> Path:
+    return out_png.with_name(out_png.name + FAILED_RECORD_SUFFIX)
+
+
 def _job(task: dict[str, Any]) -> dict[str, Any]:
-    """Worker: one image -> PNG (+ masks) and its record; errors become a failure entry."""
+    """Worker: one image -> PNG (+ masks) and its record; any error becomes a coded failure entry.
+
+    Nothing escapes but Ctrl-C and ``sys.exit``: a BaseException that is not an Exception (a Rust
+    decoder's panic) would otherwise end the pool, and its object may not even pickle, so only
+    strings go back.
+    """
     src = Path(task["src"])
     out_png = Path(task["out_png"])
     sidecar = out_png.with_name(out_png.name + ".json")
     options = PreprocessOptions(**task["options"])
+    limits = DecodeLimits(**task["limits"]) if task.get("limits") is not None else None
     timings: dict[str, float] = {}
+    stage = "read"
     try:
-        if not src.exists():
-            raise DataError(f"{src}: file not found")
+        check_file(src)  # missing, or a FIFO/folder/device: refused without opening it
         stamp = _source_stamp(src)
         if out_png.exists() and sidecar.exists():
             state = _read_sidecar(sidecar)
             if state.get("source") == stamp and state.get("options") == task["options"]:
                 return {"image_id": task["image_id"], "record": state["record"], "skipped": True,
                         "masks": state.get("masks", {})}
+        failed = _failed_record(out_png)
+        if not task.get("retry_failed") and failed.exists():
+            state = _read_sidecar(failed)
+            if state.get("source") == stamp and state.get("code") in fc.FAILURE_CODES:
+                return _failure(task, state["code"], f"{state.get('reason', src)} (recorded by an earlier run; "
+                                "--retry-failed tries it again)")
+        stage = "process"
         t0 = time.perf_counter()
-        image, record = process_image(src, options)
+        image, record = process_image(src, options, limits)
         t1 = time.perf_counter()
+        stage = "write"
         write_png(out_png, image)
         timings = {"process": t1 - t0, "encode": time.perf_counter() - t1}
+        stage = "mask"
         masks: dict[str, str] = {}
         for key, (mask_src, mask_out) in task.get("masks", {}).items():
             mask = read_image(mask_src)
             write_png(mask_out, record.apply(mask, interpolation="nearest"))
             masks[key] = mask_out
+        stage = "write"
         # Written last and atomically: a sidecar exists only for a finished image, whole.
         write_bytes_atomic(sidecar, json.dumps({"source": stamp, "options": task["options"],
                                                 "record": record.to_dict(), "masks": masks}).encode())
+        failed.unlink(missing_ok=True)
         return {"image_id": task["image_id"], "record": record.to_dict(), "skipped": False,
                 "masks": masks, "timings": timings, "pid": os.getpid(), "peak_rss_kb": _peak_rss_kb(),
                 "start_rss_kb": _WORKER_START_RSS_KB}
+    except ImageError as err:
+        return _failure(task, err.code, str(err))
     except DataError as err:
-        return {"image_id": task["image_id"], "error": str(err), "file": str(src)}
-    except Exception as err:  # noqa: BLE001 - one bad image (a decoder bug, cv2.error, out of memory) must not stop the batch
-        return {"image_id": task["image_id"], "error": f"{src}: {type(err).__name__}: {err}", "file": str(src)}
+        return _failure(task, _STAGE_CODES[stage], str(err))
+    except MemoryError:
+        return _failure(task, fc.TOO_LARGE, f"{src}: out of memory while processing the image")
+    except Exception as err:  # noqa: BLE001 - one bad image (a decoder bug, cv2.error, a full disk) must not stop the batch
+        return _failure(task, _STAGE_CODES[stage], f"{src}: {fc.describe_exception(err)}")
+    except BaseException as err:  # noqa: BLE001 - a panic outside the decode step
+        if fc.is_interrupt(err):
+            raise
+        return _failure(task, fc.DECODE_PANIC if stage == "process" else fc.PROCESS_ERROR,
+                        f"{src}: {fc.describe_exception(err)}")
+
+
+#: The code of an uncoded error, by the step of :func:`_job` that raised it.
+_STAGE_CODES: dict[str, str] = {"read": fc.PROCESS_ERROR, "process": fc.PROCESS_ERROR, "write": fc.WRITE_ERROR,
+                                "mask": fc.MASK_ERROR}
+
+
+def _alone_main(task: dict[str, Any], conn: Any) -> None:
+    """Child process of :func:`_run_alone`: one image, its result sent back through ``conn``."""
+    _init_worker()
+    conn.send(_job(task))
+    conn.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+def _run_alone(task: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Process one image in a process of its own: if that process dies, this file is the cause.
+
+    The death is recorded next to the output (``<png>.failed.json``, with the source's size and
+    mtime) so that a rerun skips the file instead of crashing on it again; ``--retry-failed``
+    (``retry_failed=True``) or a changed file tries it again.
+    """
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_alone_main, args=(task, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        result: dict[str, Any] | None = receive.recv()
+    except (EOFError, OSError):
+        result = None
+    finally:
+        receive.close()
+        proc.join()
+    if result is not None:
+        return result
+    reason = (f"{task['src']}: the worker process died on this file alone ({_death(proc.exitcode)}): a native "
+              "crash in a decoder, or out of memory")
+    out_png = Path(task["out_png"])
+    try:
+        record = {"source": _source_stamp(Path(task["src"])), "code": fc.DECODE_CRASH, "reason": reason}
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(_failed_record(out_png), json.dumps(record).encode())
+    except OSError as err:
+        log.warning("cannot record the crash of %s: %s", task["src"], err)
+    return _failure(task, fc.DECODE_CRASH, reason)
+
+
+def _run_pool(pending: deque[dict[str, Any]], workers: int, ctx: Any,
+              emit: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """Run ``pending`` on a pool until it is empty or the pool breaks; returns the suspects of a break.
+
+    At most ``2 * workers`` images are in flight (enough to keep every worker fed), so when a
+    worker dies only those are suspects: the rest of the batch was never sent and stays clean.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+    inflight: dict[Future[dict[str, Any]], dict[str, Any]] = {}
+    suspects: list[dict[str, Any]] = []
+    broken = False
+    try:
+        while pending or inflight:
+            while not broken and pending and len(inflight) < 2 * workers:
+                task = pending.popleft()
+                try:
+                    inflight[pool.submit(_job, task)] = task
+                except BrokenProcessPool:
+                    pending.appendleft(task)
+                    broken = True
+            if not inflight:
+                break
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = inflight.pop(future)
+                try:
+                    emit(future.result())
+                except BrokenProcessPool:
+                    suspects.append(task)
+                    broken = True
+                except Exception as err:  # noqa: BLE001 - e.g. a result that failed to pickle
+                    emit(_failure(task, fc.PROCESS_ERROR, f"{task['src']}: {fc.describe_exception(err)}"))
+            if broken and not inflight:
+                break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return suspects
+
+
+def _run_tasks(tasks: list[dict[str, Any]], workers: int, isolate: bool,
+               emit: Callable[[dict[str, Any]], None]) -> None:
+    """Every task once through ``emit``: in this process, or in pools that survive a native crash.
+
+    When a pool breaks (a worker killed by a signal or the OOM killer), its in-flight images are
+    rerun one per process (:func:`_run_alone`): the guilty file fails as ``DECODE_CRASH``, the
+    innocent ones are processed, and a fresh pool takes the rest of the batch.
+    """
+    if not isolate:
+        for task in tasks:
+            emit(_job(task))
+        return
+    ctx = _pool_context()
+    pending = deque(tasks)
+    while pending:
+        suspects = _run_pool(pending, workers, ctx, emit)
+        if suspects:
+            log.warning("a worker process died; rerunning its %d image(s) one per process", len(suspects))
+        for task in suspects:
+            emit(_run_alone(task, ctx))
 
 
 @dataclass
@@ -277,12 +455,38 @@ class PreprocessResult:
     seconds: float = 0.0
     workers: int = 1
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: The failure code of each entry of ``failures`` (same order).
+    codes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         rate = (self.processed / self.seconds) if self.seconds > 0 else 0.0
         return (f"{self.processed} processed, {self.skipped} skipped (up to date), {self.failed} failed "
                 f"in {self.seconds:.1f} s ({rate:.2f} images/s, {self.workers} "
                 f"worker{'s' if self.workers != 1 else ''}) -> {self.manifest}")
+
+    @property
+    def by_code(self) -> dict[str, int]:
+        """Failures per code, most frequent first."""
+        counts: dict[str, int] = {}
+        for code in self.codes:
+            counts[code] = counts.get(code, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def failure_table(self) -> str:
+        """The failures grouped by code, one line per code with its meaning ('' when none failed)."""
+        return format_failure_table(self.by_code)
+
+
+def format_failure_table(by_code: dict[str, int]) -> str:
+    """``code  count  message`` lines for a batch's failures per code."""
+    if not by_code:
+        return ""
+    width = max(len(code) for code in by_code)
+    lines = [f"failures by code ({sum(by_code.values())}):"]
+    for code, n in by_code.items():
+        message = fc.FAILURE_CODES[code].message if code in fc.FAILURE_CODES else ""
+        lines.append(f"  {code:<{width}}  {n:>6}  {message}")
+    return "\n".join(lines)
 
 
 def _check_writable(out: Path) -> None:
@@ -315,7 +519,8 @@ def _part(name: str, shard: tuple[int, int] | None) -> str:
     return f"{stem}.part-{shard[0]}.{ext}"
 
 
-def _tasks(bundle: Bundle, out: Path, options: PreprocessOptions) -> Iterator[dict[str, Any]]:
+def _tasks(bundle: Bundle, out: Path, options: PreprocessOptions, limits: DecodeLimits | None = DEFAULT_LIMITS,
+           retry_failed: bool = False) -> Iterator[dict[str, Any]]:
     masks_by_image: dict[str, list[tuple[int, str]]] = {}
     if "mask_path" in bundle.boxes.columns:
         for idx, (iid, mp) in enumerate(zip(bundle.boxes["image_id"], bundle.boxes["mask_path"], strict=True)):
@@ -328,7 +533,9 @@ def _tasks(bundle: Bundle, out: Path, options: PreprocessOptions) -> Iterator[di
         masks = {str(idx): (str(bundle.abspath(mp)), str(out / "masks" / _safe(iid) / f"{idx}.png"))
                  for idx, mp in masks_by_image.get(iid, [])}
         yield {"image_id": iid, "src": str(bundle.abspath(str(row.path))), "out_png": str(out / rel),
-               "rel": str(rel), "options": opts, "masks": masks}
+               "rel": str(rel), "options": opts, "masks": masks,
+               "limits": asdict(limits) if limits is not None else None,
+               "retry_failed": retry_failed}
 
 
 #: Images per worker below which :func:`auto_workers` adds no further process: starting a pool
@@ -357,7 +564,16 @@ def auto_workers(n_images: int, cores: int | None = None) -> int:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
+    """A file name for an id: injective, so two ids never share one output file.
+
+    Characters outside ``[A-Za-z0-9._-]`` become ``_``; whenever that (or an empty, ``.`` or
+    ``..`` id) changed the name, a short hash of the original id is appended, so ``a/b`` and
+    ``a_b`` map to ``a_b-<hash>`` and ``a_b``.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    if safe == name and name not in ("", ".", ".."):
+        return name
+    return f"{safe or '_'}-{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def preprocess(
@@ -370,6 +586,9 @@ def preprocess(
     adapter: str | None = None,
     progress: bool | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    limits: DecodeLimits | None = DEFAULT_LIMITS,
+    retry_failed: bool = False,
+    isolate: bool | None = None,
 ) -> PreprocessResult:
     """Preprocess every image of a DICOM manifest into ``out``.
 
@@ -378,12 +597,21 @@ def preprocess(
         out: Output folder: ``images/``, ``masks/``, ``manifest.csv``, ``boxes.csv`` (processed
             space), ``reports.csv``, ``failures.csv``, ``summary.json``.
         options: Output format; defaults to :class:`PreprocessOptions`.
-        workers: Processes; 1 runs in this process, 0 picks :func:`auto_workers` (one per usable
-            core; in this process for small batches).
+        workers: Worker processes; 0 picks :func:`auto_workers` (one per usable core, one for
+            small batches).
         shard: ``(i, N)``: only rows ``i, i+N, ...``; outputs get a ``.part-i`` suffix.
         adapter: Adapter name for a non-manifest source (detected when omitted).
         progress: tqdm bar (``None``: only on a TTY).
         on_result: Called with each worker result (used by the benchmark).
+        limits: Size and decompression budget checked on each header before decoding
+            (``None``: unbounded); a file over it fails as ``TOO_LARGE``.
+        retry_failed: Try again the files an earlier run recorded as crashing its worker
+            (``DECODE_CRASH``); by default they are skipped and listed again.
+        isolate: With one worker, decode in a child process anyway, so that a native crash fails
+            one image, not the caller (``mammoclip preprocess`` does). The default (``None``)
+            runs ``workers=1`` in this process, where a crash ends the caller: a child process
+            needs the ``if __name__ == "__main__":`` guard in a calling script, which a library
+            call should not demand silently. More than one worker always runs in child processes.
 
     Returns:
         Counts, time, workers used and failures.
@@ -401,53 +629,42 @@ def preprocess(
     bundle = source if isinstance(source, Bundle) else load_source(source, adapter)
     if len(bundle.images) == 0:
         raise DataError(f"no images in {source}")
-    # Files the adapter could not list (not DICOM, not MG, ...) are failures of this run too; a
-    # sharded run reports them once, in shard 0.
-    left_out: list[tuple[str, str]] = []
+    # Files the adapter could not list (not DICOM, not MG, ...; from the adapter or the left-out list
+    # saved next to a built manifest) are failures of this run too; a sharded run reports them once,
+    # in shard 0.
+    left_out: list[tuple[str, str, str]] = []
     if shard is None or shard[0] == 0:
-        left_out = [(str(file), str(reason)) for file, reason in bundle.images.attrs.get("skipped", [])]
+        left_out = [(str(entry[0]), fc.LEFT_OUT, fc.one_line(str(entry[-1])))
+                    for entry in bundle.images.attrs.get("skipped", []) if len(entry) >= 2]
     _check_writable(out)
     images = bundle.images.reset_index(drop=True)
     if shard is not None:
         images = images.iloc[shard[0]::shard[1]].reset_index(drop=True)
     bundle = Bundle(images, bundle.boxes, bundle.reports, bundle.root)
 
-    tasks = list(_tasks(bundle, out, options))
+    tasks = list(_tasks(bundle, out, options, limits, retry_failed))
     workers = auto_workers(len(tasks)) if workers == 0 else workers
     rel_by_id = {t["image_id"]: t["rel"] for t in tasks}
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
     bar = tqdm(total=len(tasks), desc="preprocess", unit="img", disable=(not progress) if progress is not None else None)
-    if workers <= 1:
-        stream: Iterator[dict[str, Any]] = map(_job, tasks)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker)
-        stream = pool.map(_job, tasks, chunksize=1)
+
+    def collect(res: dict[str, Any]) -> None:
+        results[res["image_id"]] = res
+        if on_result is not None:
+            on_result(res)
+        bar.update(1)
+
     try:
-        for res in stream:
-            results[res["image_id"]] = res
-            if on_result is not None:
-                on_result(res)
-            bar.update(1)
-    except BrokenProcessPool as err:
-        # A worker was killed (out of memory, a crash in a native decoder): the images in flight
-        # cannot be told apart, so every unfinished one is listed as failed. Finished images keep
-        # their sidecars, so rerunning the same command redoes only these.
-        for task in tasks:
-            if task["image_id"] not in results:
-                results[task["image_id"]] = {
-                    "image_id": task["image_id"], "file": task["src"],
-                    "error": f"{task['src']}: not confirmed: a worker process died ({err}); rerun to retry "
-                             "(finished images are skipped), with fewer --workers if memory ran out"}
+        _run_tasks(tasks, workers, bool(isolate) or workers > 1, collect)
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown()
     seconds = time.perf_counter() - start
 
     ok = [iid for iid in images["image_id"].astype(str) if "record" in results.get(iid, {})]
-    failures = left_out + [(r["file"], r["error"]) for r in results.values() if "error" in r]
+    coded = left_out + [(results[t["image_id"]]["file"], results[t["image_id"]]["code"], results[t["image_id"]]["error"])
+                        for t in tasks if "error" in results.get(t["image_id"], {})]
+    failures = [(file, reason) for file, _, reason in coded]
     rows = images[images["image_id"].astype(str).isin(set(ok))].copy()
     records = pd.DataFrame([results[iid]["record"] for iid in rows["image_id"].astype(str)],
                            columns=list(TRANSFORM_COLUMNS), index=rows.index)
@@ -458,18 +675,31 @@ def preprocess(
     manifest_path = write_manifest(rows, out / _part(MANIFEST_FILE, shard))
     write_boxes(boxes, out / _part("boxes.csv", shard))
     write_reports(bundle.reports, out / _part("reports.csv", shard))
-    pd.DataFrame(failures, columns=["file", "reason"]).to_csv(out / _part(FAILURES_FILE, shard), index=False)
+    pd.DataFrame(coded, columns=list(FAILURE_COLUMNS)).to_csv(out / _part(FAILURES_FILE, shard), index=False)
     result = PreprocessResult(
         manifest=manifest_path,
         processed=sum(1 for r in results.values() if r.get("skipped") is False),
         skipped=sum(1 for r in results.values() if r.get("skipped") is True),
         failed=len(failures), seconds=seconds, workers=workers, failures=failures,
+        codes=[code for _, code, _ in coded],
     )
+    if result.failed:
+        log.warning("%s", result.failure_table())
     (out / _part(SUMMARY_FILE, shard)).write_text(json.dumps(
         {"processed": result.processed, "skipped": result.skipped, "failed": result.failed,
+         "failures_by_code": result.by_code,
          "seconds": round(seconds, 3), "workers": workers, "options": asdict(options),
-         "shard": shard}, indent=2))
+         "shard": shard, "orientation": _orientation_counts(results)}, indent=2))
     return result
+
+
+def _orientation_counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Images per orientation source, and how many the header decided against the pixel estimate."""
+    records = [r["record"] for r in results.values() if "record" in r]
+    counts = {src: sum(1 for r in records if r.get("orientation_source", "pixels") == src)
+              for src in ORIENTATION_SOURCES}
+    counts["disagrees"] = sum(1 for r in records if int(r.get("orientation_disagrees", 0)))
+    return counts
 
 
 def _map_boxes(boxes: pd.DataFrame, rows: pd.DataFrame, results: dict[str, dict[str, Any]], out: Path
@@ -542,6 +772,15 @@ def merge_shards(out: str | Path) -> Path:
     (out / SUMMARY_FILE).write_text(json.dumps({
         **{key: sum(int(s[key]) for s in shards) for key in ("processed", "skipped", "failed")},
         "seconds": round(max(float(s["seconds"]) for s in shards), 3),  # shards run side by side
+        "failures_by_code": _sum_counts(s.get("failures_by_code", {}) for s in shards),
         "shard_seconds": [s["seconds"] for s in shards], "options": shards[0]["options"], "shards": n,
     }, indent=2))
     return out / MANIFEST_FILE
+
+
+def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counts:
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + int(n)
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -13,14 +13,19 @@ Layer 0: numpy and pydicom only (pydicom imported lazily), no torch.
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mammoclip.errors import DataError
+from mammoclip.errors import ImageError
+from mammoclip.imaging import failures as fc
 
 #: Modalities accepted by default: digital mammography (MG). Anything else is a clear error.
 ACCEPTED_MODALITIES: tuple[str, ...] = ("MG",)
@@ -57,6 +62,12 @@ class DicomMeta:
     image_id: str | None
     has_voi: bool
     value_range: tuple[float, float]
+    #: PatientOrientation (0020,0020) as given, e.g. ("A", "R"); None when absent. Decides the
+    #: chest-wall side (mammoclip.imaging.breast.chest_wall_from_header).
+    patient_orientation: tuple[str, ...] | None = None
+    #: ImageLaterality (0020,0062), else Laterality (0020,0060), exactly as the tags say ("L"/"R");
+    #: unlike ``laterality`` never guessed from free text.
+    image_laterality: str | None = None
 
     @property
     def inverted(self) -> bool:
@@ -103,20 +114,191 @@ def _view(ds: Any) -> str | None:
     return None
 
 
-def _read_dataset(path: Path, *, stop_before_pixels: bool) -> Any:
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one image may cost before it is decoded: checked on the header, so a hostile file fails fast.
+
+    The largest real mammograms are about 5000 x 6000 at 16 bits (60 MB); the default pixel budget,
+    8192 x 8192 (64 MP, 128 MB at 16 bits), leaves headroom for them while a file declaring
+    60000 x 60000 (7 GB) is refused before any buffer is allocated.
+
+    Attributes:
+        max_pixels: Largest Rows x Columns x SamplesPerPixel x NumberOfFrames accepted; the byte
+            budget is this many 16-bit values (BitsAllocated counted).
+        max_ratio: Largest declared-size / stored-size ratio of compressed pixel data and of a
+            deflated dataset, applied once the declared size exceeds :data:`RATIO_FLOOR_BYTES`
+            (lossless mammograms compress 2-4x, lossy ones rarely beyond 100x).
+    """
+
+    max_pixels: int = 8192 * 8192
+    max_ratio: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_pixels, int) and self.max_pixels >= 1):
+            raise ValueError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
+        if not (math.isfinite(self.max_ratio) and self.max_ratio >= 1):
+            raise ValueError(f"max_ratio must be a finite number >= 1, got {self.max_ratio!r}")
+
+    @property
+    def max_bytes(self) -> int:
+        """The byte budget of the decoded pixel data: ``max_pixels`` 16-bit values."""
+        return 2 * self.max_pixels
+
+
+DEFAULT_LIMITS = DecodeLimits()
+#: Declared sizes below this are never refused for their compression ratio: small images of one
+#: value compress by any factor, and at this size they cannot exhaust memory.
+RATIO_FLOOR_BYTES: int = 16 << 20
+#: Bytes a file (or an inflated dataset) may hold beyond its pixel budget: header, overlays, icons.
+HEADER_SLACK_BYTES: int = 16 << 20
+
+
+def _fail(path: Path, code: str, problem: str) -> ImageError:
+    return ImageError(fc.one_line(f"{path}: {problem}"), code)
+
+
+def check_file(path: str | Path) -> os.stat_result:
+    """``stat`` a path and refuse anything but a regular file, without opening it.
+
+    A FIFO named ``*.dcm`` would block ``open`` forever; a device or socket is no image either.
+
+    Raises:
+        ImageError: ``MISSING_FILE`` or ``NOT_A_FILE``.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise _fail(path, fc.MISSING_FILE, "file not found") from None
+    except OSError as err:  # a dangling link loop, a permission problem on a parent folder
+        raise _fail(path, fc.MISSING_FILE, f"cannot stat the file ({fc.describe_exception(err)})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("is a folder, not a DICOM file" if stat.S_ISDIR(st.st_mode) else
+                "is a FIFO (named pipe), not a DICOM file" if stat.S_ISFIFO(st.st_mode) else
+                "is a socket, not a DICOM file" if stat.S_ISSOCK(st.st_mode) else
+                "is a device, not a DICOM file" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "is not a regular file")
+        raise _fail(path, fc.NOT_A_FILE, kind)
+    return st
+
+
+def _deflated_start(path: Path) -> int | None:
+    """Offset of the deflated dataset (after the file meta group), or None when not deflated.
+
+    Read by hand from the group length because pydicom inflates the whole dataset in one call,
+    with no bound, as soon as it opens such a file (header-only reads included).
+    """
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    with open(path, "rb") as fp:
+        head = fp.read(144)
+        if len(head) < 144 or head[128:132] != b"DICM":
+            return None  # pydicom reports what is wrong
+        if head[132:138] != b"\x02\x00\x00\x00UL":
+            return None
+        group_length = int.from_bytes(head[140:144], "little")
+        meta = fp.read(group_length)
+    if DeflatedExplicitVRLittleEndian.encode() not in meta:
+        return None
+    return 144 + group_length
+
+
+def _check_deflate(path: Path, size: int, limits: DecodeLimits) -> None:
+    """Inflate a deflated dataset in bounded steps, counting bytes only: a deflate bomb fails TOO_LARGE."""
+    start = _deflated_start(path)
+    if start is None:
+        return
+    cap = limits.max_bytes + HEADER_SLACK_BYTES
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with open(path, "rb") as fp:
+        fp.seek(start)
+        while not inflater.eof and (chunk := fp.read(1 << 16)):
+            while chunk and not inflater.eof:  # after the end, trailing bytes (padding) stay unconsumed
+                try:
+                    total += len(inflater.decompress(chunk, 1 << 22))
+                except zlib.error as err:
+                    raise _fail(path, fc.BAD_HEADER, f"deflated dataset is corrupt ({err})") from None
+                chunk = inflater.unconsumed_tail
+                if total > cap:
+                    raise _fail(path, fc.TOO_LARGE, f"deflated dataset inflates beyond {cap >> 20} MiB "
+                                "(pixel budget plus header); not read")
+    stored = max(1, size - start)
+    if total > RATIO_FLOOR_BYTES and total / stored > limits.max_ratio:
+        raise _fail(path, fc.TOO_LARGE, f"deflated dataset inflates {total / stored:.0f}x "
+                    f"(over the {limits.max_ratio:g}x bound); not read")
+
+
+def _read_dataset(path: Path, *, stop_before_pixels: bool, limits: DecodeLimits | None = DEFAULT_LIMITS) -> Any:
+    """Open one DICOM after the checks that need no parsing: file type, file size, deflate budget."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a DICOM file")
+    st = check_file(path)
+    if limits is not None and not stop_before_pixels and st.st_size > limits.max_bytes + HEADER_SLACK_BYTES:
+        raise _fail(path, fc.TOO_LARGE, f"file of {st.st_size >> 20} MiB is over the pixel budget "
+                    f"({limits.max_pixels} pixels at 16 bits); not read")
     try:
+        if limits is not None:
+            _check_deflate(path, st.st_size, limits)
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except ImageError:
+        raise
     except InvalidDicomError as err:
-        raise DataError(f"{path}: not a DICOM file ({err})") from err
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise DataError(f"{path}: cannot read DICOM header, the file may be truncated ({err})") from err
+        raise _fail(path, fc.NOT_DICOM, f"not a DICOM file ({err})") from None
+    except MemoryError:
+        raise _fail(path, fc.TOO_LARGE, "out of memory while reading the header") from None
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types on a malformed header
+        raise _fail(path, fc.BAD_HEADER, "cannot read DICOM header, the file may be truncated or malformed "
+                    f"({fc.describe_exception(err)})") from None
+
+
+def _single_int(path: Path, ds: Any, keyword: str, default: int | None, lo: int, hi: int) -> int:
+    """One integer header value within ``[lo, hi]``; anything else (multi-valued, text, absurd) is BAD_HEADER."""
+    try:
+        value = ds.get(keyword, None)
+    except Exception as err:  # noqa: BLE001 - the element is converted from raw bytes on access
+        raise _fail(path, fc.BAD_HEADER, f"{keyword} cannot be read ({fc.describe_exception(err)})") from None
+    if value is None or value == "":
+        if default is None:
+            raise _fail(path, fc.BAD_HEADER, f"{keyword} is missing")
+        return default
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        raise _fail(path, fc.BAD_HEADER, f"{keyword} has {len(value)} values, expected one")
+    try:
+        number = int(value)
+    except Exception as err:  # noqa: BLE001 - a string, float NaN, bytes: all the same defect
+        raise _fail(path, fc.BAD_HEADER, f"{keyword} is not an integer ({fc.describe_exception(err)})") from None
+    if not lo <= number <= hi:
+        raise _fail(path, fc.BAD_HEADER, f"{keyword} {number} is outside [{lo}, {hi}]")
+    return number
+
+
+def _check_header(path: Path, ds: Any, limits: DecodeLimits | None) -> None:
+    """Check the image-geometry header fields, and the declared size against ``limits``, before decoding."""
+    rows = _single_int(path, ds, "Rows", 0, 0, 65535)
+    cols = _single_int(path, ds, "Columns", 0, 0, 65535)
+    allocated = _single_int(path, ds, "BitsAllocated", 16, 1, 64)
+    _single_int(path, ds, "BitsStored", min(16, allocated), 1, allocated)
+    samples = _single_int(path, ds, "SamplesPerPixel", 1, 1, 4)
+    frames = _single_int(path, ds, "NumberOfFrames", 1, 1, 2**31 - 1)
+    if limits is None:
+        return
+    pixels = rows * cols * samples * frames
+    nbytes = pixels * ((allocated + 7) // 8)
+    if pixels > limits.max_pixels or nbytes > limits.max_bytes:
+        raise _fail(path, fc.TOO_LARGE, f"declared image {rows}x{cols}x{samples}x{frames} frames at {allocated} "
+                    f"bits ({nbytes >> 20} MiB) is over the budget of {limits.max_pixels} pixels; not decoded")
+    try:
+        element = ds["PixelData"] if "PixelData" in ds else None
+        stored = len(element.value) if element is not None and element.value is not None else 0
+    except Exception:  # noqa: BLE001 - unreadable pixel element: the decode step reports it
+        return
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if stored and getattr(tsyntax, "is_encapsulated", False) and nbytes > RATIO_FLOOR_BYTES \
+            and nbytes / stored > limits.max_ratio:
+        raise _fail(path, fc.TOO_LARGE, f"{stored} bytes of compressed pixel data declare {nbytes >> 20} MiB "
+                    f"({nbytes / stored:.0f}x, over the {limits.max_ratio:g}x bound); not decoded")
 
 
 def _meta(path: Path, ds: Any, value_range: tuple[float, float]) -> DicomMeta:
@@ -137,28 +319,53 @@ def _meta(path: Path, ds: Any, value_range: tuple[float, float]) -> DicomMeta:
         image_id=str(ds.SOPInstanceUID) if ds.get("SOPInstanceUID") else None,
         has_voi=bool(ds.get("VOILUTSequence") or ("WindowCenter" in ds and "WindowWidth" in ds)),
         value_range=value_range,
+        patient_orientation=tuple(str(v) for v in ds.get("PatientOrientation") or ()) or None
+        if not isinstance(ds.get("PatientOrientation"), str) else (str(ds.PatientOrientation),),
+        image_laterality=next((v for v in (str(ds.get(t, "") or "").strip().upper()
+                                           for t in ("ImageLaterality", "Laterality")) if v in ("L", "R")), None),
     )
 
 
 def _check_modality(path: Path, ds: Any, modalities: tuple[str, ...] | None) -> None:
     if modalities is None:
         return
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    try:
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+    except Exception as err:  # noqa: BLE001 - a malformed element raises on access
+        raise _fail(path, fc.BAD_HEADER, f"Modality cannot be read ({fc.describe_exception(err)})") from None
     if modality not in modalities:
-        raise DataError(f"{path}: modality {modality or '(missing)'!r} is not a mammogram "
-                        f"(expected one of {list(modalities)})")
+        raise _fail(path, fc.NOT_MG, f"modality {modality or '(missing)'!r} is not a mammogram "
+                    f"(expected one of {list(modalities)})")
 
 
-def read_dicom_header(path: str | Path, *, modalities: tuple[str, ...] | None = ACCEPTED_MODALITIES) -> DicomMeta:
+def _safe_meta(path: Path, ds: Any, value_range: tuple[float, float]) -> DicomMeta:
+    """:func:`_meta`, with any error of a malformed element (raised on first access) as BAD_HEADER."""
+    try:
+        return _meta(path, ds, value_range)
+    except ImageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - unknown VRs, bad lengths, undecodable text: all header defects
+        raise _fail(path, fc.BAD_HEADER, f"cannot read the header fields ({fc.describe_exception(err)})") from None
+
+
+def read_dicom_header(path: str | Path, *, modalities: tuple[str, ...] | None = ACCEPTED_MODALITIES,
+                      limits: DecodeLimits = DEFAULT_LIMITS) -> DicomMeta:
     """Read only the header (fast: pixel data is not loaded).
 
+    Special files are refused without being opened. The declared image size is not checked here
+    (that is :func:`read_dicom`'s budget, so a manifest may list a file a later run with a larger
+    ``--max-pixels`` decodes), but a deflated dataset is inflated only within ``limits``.
+
     Raises:
-        DataError: file missing, not DICOM, truncated header or wrong modality.
+        ImageError: (a :class:`DataError`) with a code of :mod:`mammoclip.imaging.failures`: file
+            missing or not a regular file, not DICOM, malformed or truncated header, wrong modality.
     """
     path = Path(path)
-    ds = _read_dataset(path, stop_before_pixels=True)
+    ds = _read_dataset(path, stop_before_pixels=True, limits=limits)
     _check_modality(path, ds, modalities)
-    return _meta(path, ds, (0.0, float(2 ** int(ds.get("BitsStored", 16) or 16) - 1)))
+    _check_header(path, ds, None)
+    bits = _single_int(path, ds, "BitsStored", 16, 1, 64)
+    return _safe_meta(path, ds, (0.0, float(2**bits - 1)))
 
 
 def _stored_range(ds: Any) -> tuple[float, float]:
@@ -189,7 +396,9 @@ def _fast_pixel_array(ds: Any, tsyntax: Any) -> np.ndarray | None:
             return None
         ds.pixel_array_options(decoding_plugin=PREFERRED_DECODER)
         return np.asarray(ds.pixel_array)
-    except Exception:  # noqa: BLE001 - any decoder failure: fall back to pydicom's full plugin list
+    except BaseException as err:  # noqa: BLE001 - any failure, a Rust panic included: try every plugin
+        if fc.is_interrupt(err):
+            raise
         return None
     finally:
         ds.pixel_array_options(decoding_plugin="")
@@ -211,41 +420,112 @@ def _check_decoder(path: Path, tsyntax: Any) -> None:
         return  # no plugin exists at all for this syntax: reported by the decode step
     if not decoder.is_available:
         missing = "; ".join(" ".join(str(m).split()) for m in decoder.missing_dependencies)
-        raise DataError(f"{path}: no decoder for transfer syntax {tsyntax.name!r}; install the pylibjpeg "
+        raise _fail(path, fc.UNSUPPORTED_SYNTAX, f"no decoder for transfer syntax {tsyntax.name!r}; install the pylibjpeg "
                         f"plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle) or python-gdcm "
                         f"(missing: {missing})")
 
 
-def _decode(path: Path, modalities: tuple[str, ...] | None) -> tuple[Any, np.ndarray]:
-    """Read, check and decode one file: the dataset and its stored values (any integer dtype)."""
+def _repair_voi(ds: Any) -> None:
+    """Drop a window the VOI step cannot use, so the image falls back to min-max in the breast.
+
+    The documented rule (docs/data.md, "Robustness"): a first WindowCenter/WindowWidth that is
+    non-finite, a width below 1 (LINEAR, DICOM PS3.3 C.11.2.1.2) or not above 0 (other functions), or
+    an unknown VOILUTFunction, is a header defect that says nothing about the pixels; ignoring it
+    keeps the image, where applying it would give an all-black or all-white PNG.
+    """
+    if "WindowCenter" not in ds and "WindowWidth" not in ds:
+        return
+    try:
+        center, width = (ds.get(k) for k in ("WindowCenter", "WindowWidth"))
+        center = float(center[0] if isinstance(center, (list, tuple)) or type(center).__name__ == "MultiValue"
+                       else center)
+        width = float(width[0] if isinstance(width, (list, tuple)) or type(width).__name__ == "MultiValue"
+                      else width)
+        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        usable = (math.isfinite(center) and math.isfinite(width) and func in ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+                  and (width >= 1 if func == "LINEAR" else width > 0))
+    except Exception:  # noqa: BLE001 - unreadable, empty or non-numeric window values
+        usable = False
+    if not usable:
+        for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+            if keyword in ds:
+                del ds[keyword]
+
+
+def _check_rescale(path: Path, ds: Any) -> None:
+    """RescaleSlope/Intercept must be finite (and the slope non-zero): no rule can repair them."""
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        try:
+            raw = ds.get(keyword, None)
+            value = default if raw is None or raw == "" else float(raw)
+        except Exception as err:  # noqa: BLE001 - multi-valued or non-numeric
+            raise _fail(path, fc.BAD_HEADER, f"{keyword} is not one number ({fc.describe_exception(err)})") from None
+        if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+            raise _fail(path, fc.NONFINITE_LUT, f"{keyword} is {value!r}: the pixel values are undefined")
+
+
+def _decode(path: Path, modalities: tuple[str, ...] | None,
+            limits: DecodeLimits | None = DEFAULT_LIMITS) -> tuple[Any, np.ndarray]:
+    """Read, check and decode one file: the dataset and its stored values (any integer dtype).
+
+    Every failure is an :class:`ImageError` with a code: whatever a malformed file or a decoder
+    plugin raises, a Rust panic (a BaseException) included, only Ctrl-C and ``sys.exit`` pass through.
+    """
     path = Path(path)
-    ds = _read_dataset(path, stop_before_pixels=False)
+    ds = _read_dataset(path, stop_before_pixels=False, limits=limits)
     _check_modality(path, ds, modalities)
-    if "PixelData" not in ds:
-        raise DataError(f"{path}: DICOM has no pixel data")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DataError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise DataError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not a mammogram")
+    _check_header(path, ds, limits)
+    try:
+        has_pixels = "PixelData" in ds
+    except Exception as err:  # noqa: BLE001
+        raise _fail(path, fc.BAD_HEADER, f"cannot read the pixel data element ({fc.describe_exception(err)})") from None
+    if not has_pixels:
+        raise _fail(path, fc.NO_PIXELS, "DICOM has no pixel data")
+    frames = _single_int(path, ds, "NumberOfFrames", 1, 1, 2**31 - 1)
+    if frames > 1:
+        raise _fail(path, fc.UNSUPPORTED_IMAGE, f"multi-frame DICOM ({frames} frames) is not supported")
+    if _single_int(path, ds, "SamplesPerPixel", 1, 1, 4) != 1:
+        raise _fail(path, fc.UNSUPPORTED_IMAGE, "colour DICOM is not a mammogram")
+    _check_rescale(path, ds)
+    _repair_voi(ds)
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(tsyntax, "name", str(tsyntax))
     _check_decoder(path, tsyntax)
     try:
         stored = _fast_pixel_array(ds, tsyntax)
         if stored is None:
             stored = ds.pixel_array
-    except NotImplementedError as err:
-        name = getattr(tsyntax, "name", str(tsyntax))
-        raise DataError(f"{path}: no decoder for transfer syntax {name!r}: no installable plugin reads it; "
-                        "convert the file (e.g. `gdcmconv --raw` or `dcmdjpeg`) to an uncompressed or "
-                        "JPEG/JPEG 2000/RLE syntax") from err
-    except RuntimeError as err:
-        name = getattr(tsyntax, "name", str(tsyntax))
-        raise DataError(f"{path}: cannot decode pixel data ({name}): {err}") from err
-    except (ValueError, EOFError, OSError, KeyError, AttributeError, TypeError) as err:
-        raise DataError(f"{path}: cannot decode pixel data, the file may be truncated ({err})") from err
+    except NotImplementedError:
+        raise _fail(path, fc.UNSUPPORTED_SYNTAX, f"no decoder for transfer syntax {name!r}: no installable plugin "
+                    "reads it; convert the file (e.g. `gdcmconv --raw` or `dcmdjpeg`) to an uncompressed or "
+                    "JPEG/JPEG 2000/RLE syntax") from None
+    except MemoryError:
+        raise _fail(path, fc.TOO_LARGE, f"out of memory while decoding the pixel data ({name})") from None
+    except Exception as err:  # noqa: BLE001 - RuntimeError, ValueError, struct.error, ...: a corrupt stream
+        raise _fail(path, fc.DECODE_ERROR, f"cannot decode pixel data ({name}), the file may be truncated "
+                    f"or corrupt ({fc.describe_exception(err)})") from None
+    except BaseException as err:  # noqa: BLE001 - pyo3's PanicException and the like
+        if fc.is_interrupt(err):
+            raise
+        raise _fail(path, fc.DECODE_PANIC, f"the decoder panicked on the pixel data ({name}) "
+                    f"({fc.describe_exception(err)})") from None
     if stored.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D grayscale image, got shape {stored.shape}")
+        raise _fail(path, fc.UNSUPPORTED_IMAGE, f"expected a 2-D grayscale image, got shape {stored.shape}")
     return ds, stored
+
+
+def _safe_values(path: Path, ds: Any, stored: np.ndarray, *, voi: bool, invert: bool
+                 ) -> tuple[np.ndarray, tuple[float, float]]:
+    """:func:`_values` with its failures coded: a non-finite or empty value range is NONFINITE_LUT."""
+    try:
+        image, (lo, hi) = _values(ds, stored, voi=voi, invert=invert)
+    except MemoryError:
+        raise _fail(path, fc.TOO_LARGE, "out of memory while applying the modality/VOI LUT") from None
+    except Exception as err:  # noqa: BLE001 - a malformed LUT sequence or descriptor
+        raise _fail(path, fc.BAD_HEADER, f"cannot apply the modality/VOI LUT ({fc.describe_exception(err)})") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise _fail(path, fc.NONFINITE_LUT, f"the modality/VOI LUT maps the stored range to [{lo}, {hi}]")
+    return image, (lo, hi)
 
 
 def _values(ds: Any, stored: np.ndarray, *, voi: bool, invert: bool) -> tuple[np.ndarray, tuple[float, float]]:
@@ -280,6 +560,7 @@ def read_dicom(
     voi: bool = False,
     invert: bool = True,
     modalities: tuple[str, ...] | None = ACCEPTED_MODALITIES,
+    limits: DecodeLimits | None = DEFAULT_LIMITS,
 ) -> tuple[np.ndarray, DicomMeta]:
     """Decode one single-frame grayscale DICOM.
 
@@ -289,19 +570,22 @@ def read_dicom(
         invert: Turn MONOCHROME1 (dark is dense) into MONOCHROME2 as ``lo + hi - x`` over
             :attr:`DicomMeta.value_range`, so that bright means dense for every file.
         modalities: Accepted ``Modality`` values; ``None`` accepts anything.
+        limits: The size and decompression budget checked on the header before decoding
+            (``None``: unbounded).
 
     Returns:
         ``(H, W)`` float32 array after the modality LUT (and VOI LUT when asked), and the metadata.
         ``meta.value_range`` is the range of values the array can hold.
 
     Raises:
-        DataError: naming the file and the problem (not DICOM, truncated, no pixel data, wrong
-            modality, no decoder for the transfer syntax, multi-frame or colour image).
+        ImageError: (a :class:`DataError`) naming the file and the problem, with a stable code of
+            :mod:`mammoclip.imaging.failures` (not DICOM, malformed header, over the budget, no pixel
+            data, wrong modality, no decoder, a decoder error or panic, non-finite LUT, ...).
     """
     path = Path(path)
-    ds, stored = _decode(path, modalities)
-    image, value_range = _values(ds, stored, voi=voi, invert=invert)
-    return image, _meta(path, ds, value_range)
+    ds, stored = _decode(path, modalities, limits)
+    image, value_range = _safe_values(path, ds, stored, voi=voi, invert=invert)
+    return image, _safe_meta(path, ds, value_range)
 
 
 #: Stored dtypes :func:`decode_dicom` keeps as codes: every possible value fits a small LUT.
@@ -317,6 +601,7 @@ def decode_dicom(
     voi: bool = False,
     invert: bool = True,
     modalities: tuple[str, ...] | None = ACCEPTED_MODALITIES,
+    limits: DecodeLimits | None = DEFAULT_LIMITS,
 ) -> tuple[np.ndarray, np.ndarray | None, DicomMeta]:
     """Like :func:`read_dicom`, but without converting the full frame to float.
 
@@ -332,17 +617,20 @@ def decode_dicom(
         Stored types other than 8/16-bit integers come back as float32 values with ``lut=None``.
 
     Raises:
-        DataError: as :func:`read_dicom`.
+        ImageError: as :func:`read_dicom`.
     """
     path = Path(path)
-    ds, stored = _decode(path, modalities)
+    ds, stored = _decode(path, modalities, limits)
     code_type = _CODE_DTYPES.get(stored.dtype)
     if code_type is None:
-        image, value_range = _values(ds, stored, voi=voi, invert=invert)
-        return image, None, _meta(path, ds, value_range)
+        image, value_range = _safe_values(path, ds, stored, voi=voi, invert=invert)
+        return image, None, _safe_meta(path, ds, value_range)
     all_codes = np.arange(2 ** (8 * code_type.itemsize), dtype=code_type).view(stored.dtype)
-    lut, value_range = _values(ds, all_codes, voi=voi, invert=invert)
+    lut, value_range = _safe_values(path, ds, all_codes, voi=voi, invert=invert)
+    if not np.isfinite(lut).all():  # e.g. a huge slope overflowing float32 for the top codes
+        raise _fail(path, fc.NONFINITE_LUT, "the modality/VOI LUT gives non-finite values")
     codes = stored.view(code_type)  # signed values index the LUT through their bit pattern
+    meta = _safe_meta(path, ds, value_range)
     if stored.dtype == code_type and np.array_equal(lut, all_codes.astype(np.float32)):
-        return codes, None, _meta(path, ds, value_range)
-    return codes, np.ascontiguousarray(lut, dtype=np.float32), _meta(path, ds, value_range)
+        return codes, None, meta
+    return codes, np.ascontiguousarray(lut, dtype=np.float32), meta
