@@ -14,6 +14,33 @@ from mammoclip.cli.main import build_parser
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
+#: The hand-written part of the reference: what every command checks before it starts.
+VALIDATION = """\
+## Option values and input files
+
+Every numeric option is checked while the command line is parsed, by one shared set of option
+types (`mammoclip.cli._options`), before any file is read or model built. A bad value stops the
+command with exit code 2 and one line naming the option, e.g.
+`mammoclip preprocess: error: argument --size: each side must be in [8, 16384] pixels, got '100000x100000'`.
+
+| Values | Options |
+|---|---|
+| integer >= 1 | `--batch-size`, `--epochs`, `--max-steps`, `--patients`, `-k`, `--max-length`; `--workers` of `synth` and `demo` (processes) |
+| integer >= 0 | `--workers` of the evaluation commands (0: in the main process) and of `preprocess` (0: one per core); `--n-boot` (0: no intervals) |
+| seed in [0, 2^32 - 1] | `--seed`, each of `--seeds` |
+| fraction in (0, 1] | each of `--fractions` |
+| fraction in (0, 1) | `--val-fraction` (the held-out share must leave a training set) |
+| number > 0 / >= 0 | `--lr` / `--weight-decay` (finite: `nan` and `inf` are refused) |
+| [0, 1] / [0, 1) | `--typo-rate` / `--dropout` |
+| comma list of integers >= 1 | `--ks` |
+| HEIGHTxWIDTH, each side 8-16384 | `--size` (16384: well above the largest detector, under 6000 pixels a side) |
+
+CSV tables (`manifest.csv`, `boxes.csv`, `reports.csv`) are read as UTF-8 (a byte-order mark is
+fine). A file in another encoding is refused, not guessed: the error names the file, the line and
+byte offset of the first invalid byte and the fix (re-save as UTF-8, e.g.
+`iconv -f cp1252 -t utf-8 reports.csv > fixed.csv`, or "CSV UTF-8" in a spreadsheet). A silent cp1252
+fallback would turn text written in any other code page into wrong report text."""
+
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
     out = []
@@ -37,6 +64,8 @@ def render() -> str:
         "```text",
         parser.format_help().rstrip(),
         "```",
+        "",
+        *VALIDATION.splitlines(),
         "",
     ]
 

@@ -66,9 +66,15 @@ def test_other_formats_round_trip(tiny, cohort: Path, tmp_path: Path, suffix: st
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
 
 
-def test_embed_and_neighbors_cli(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_embed_and_neighbors_cli(tiny, cohort: Path, tmp_path: Path,  # noqa: ANN001
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from mammoclip.models import save_checkpoint
+
+    # A saved checkpoint, not the registry name: two fresh random models would not embed alike, and
+    # `neighbors` rebuilds the model that the index records.
+    checkpoint = save_checkpoint(tiny, tmp_path / "tiny")
     index = tmp_path / "e.parquet"
-    assert main(["embed", "--checkpoint", "mammoclip-tiny", "--manifest", str(cohort), "--workers", "0",
+    assert main(["embed", "--checkpoint", str(checkpoint), "--manifest", str(cohort), "--workers", "0",
                  "--out", str(index)]) == 0
     bundle = load_bundle(cohort)
     capsys.readouterr()

@@ -1,17 +1,160 @@
-"""Options and helpers the evaluation commands share, defined once.
+"""Options and helpers the commands share, defined once: option types and the evaluation flags.
 
-``zeroshot``, ``retrieval``, ``probe``, ``finetune``, ``embed`` and ``neighbors`` build their parsers
-from these helpers, so a shared flag has one spelling, one default and one help text. The module name
-starts with ``_``: :mod:`mammoclip.cli.main` skips it when it discovers commands.
+**Option types.** Every numeric option of every command is parsed by one of the ``type=`` callables
+below (:func:`positive_int`, :func:`non_negative_int`, :func:`seed`, :func:`positive_float`,
+:func:`non_negative_float`, :func:`fraction`, :func:`open_fraction`, :func:`probability`,
+:func:`dropout_rate`, :func:`image_size` and the comma lists :data:`positive_int_list`,
+:data:`seed_list`, :data:`fraction_list`). A bad value therefore fails while the command line is
+parsed, before any file is read or model built, as argparse's one-line
+``mammoclip CMD: error: argument --OPT: ...`` with exit code 2, instead of a traceback or a
+meaningless result later.
+
+**Evaluation flags.** ``zeroshot``, ``retrieval``, ``probe``, ``finetune``, ``embed`` and
+``neighbors`` build their parsers from these helpers, so a shared flag has one spelling, one default
+and one help text. The module name starts with ``_``: :mod:`mammoclip.cli.main` skips it when it
+discovers commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 from mammoclip.errors import ConfigError
+
+#: Largest image side ``--size`` accepts. The largest full-field mammography detectors are under
+#: 6000 pixels a side; 16384 leaves room for upsampling experiments while refusing sizes whose one
+#: 16-bit image (16384 x 16384 x 2 bytes = 512 MiB, before any float copy) cannot be processed.
+MAX_IMAGE_SIDE = 16384
+#: Smallest image side: below it no crop, resize or CNN tower has anything to work on.
+MIN_IMAGE_SIDE = 8
+#: Largest seed: numpy's legacy ``RandomState`` (used by some libraries we seed) takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+# --------------------------------------------------------------------------------- option types ---
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, epochs, patients, steps, K of Recall@K)."""
+    value = _int(text, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (``--workers``, where 0 means "in this process" or "auto"; ``--n-boot``, where 0
+    means no confidence intervals)."""
+    value = _int(text, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A seed: an integer in ``[0, MAX_SEED]`` (numpy refuses negative seeds)."""
+    value = _int(text, f"an integer seed in [0, {MAX_SEED}]")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer seed in [0, {MAX_SEED}], got {text!r}")
+    return value
+
+
+def _float_in(low: float, high: float | None, *, low_open: bool, high_open: bool, what: str,
+              name: str) -> Callable[[str], float]:
+    """A ``type=`` callable for a finite float in an interval (``what`` says which, for the message)."""
+
+    def parse(text: str) -> float:
+        value = _float(text, what)
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = f"A finite number: {what}."
+    return parse
+
+
+#: A finite number > 0 (learning rates).
+positive_float = _float_in(0.0, None, low_open=True, high_open=False, what="a number > 0", name="positive_float")
+#: A finite number >= 0 (weight decay).
+non_negative_float = _float_in(0.0, None, low_open=False, high_open=False, what="a number >= 0",
+                               name="non_negative_float")
+#: A share of something that must not be empty: (0, 1] (label fractions).
+fraction = _float_in(0.0, 1.0, low_open=True, high_open=False, what="a fraction in (0, 1]", name="fraction")
+#: A share carved out of a set that must keep the rest: (0, 1) (``--val-fraction``).
+open_fraction = _float_in(0.0, 1.0, low_open=True, high_open=True, what="a fraction in (0, 1)",
+                          name="open_fraction")
+#: A probability or rate: [0, 1] (``--typo-rate``).
+probability = _float_in(0.0, 1.0, low_open=False, high_open=False, what="a probability in [0, 1]",
+                        name="probability")
+#: A dropout rate: [0, 1) (1 would drop everything).
+dropout_rate = _float_in(0.0, 1.0, low_open=False, high_open=True, what="a rate in [0, 1)", name="dropout_rate")
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``"1520x912"`` -> ``(1520, 912)`` (height x width), each side in ``[MIN_IMAGE_SIDE, MAX_IMAGE_SIDE]``.
+
+    Checked here so that ``--size 100000x100000`` fails once, up front, and not image by image.
+    """
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must look like HEIGHTxWIDTH (e.g. 1520x912), got {text!r}") from None
+    if not (MIN_IMAGE_SIDE <= h <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= w <= MAX_IMAGE_SIDE):
+        raise argparse.ArgumentTypeError(
+            f"each side must be in [{MIN_IMAGE_SIDE}, {MAX_IMAGE_SIDE}] pixels, got {text!r}")
+    return h, w
+
+
+def comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], list[Any]]:
+    """A ``type=`` callable for a non-empty comma list whose items ``item`` parses (``"1,5,10"``)."""
+
+    def parse(text: str) -> list[Any]:
+        parts = [x.strip() for x in str(text).split(",")]
+        if not any(parts) or not all(parts):
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list without empty items, got {text!r}")
+        out = []
+        for part in parts:
+            try:
+                out.append(item(part))
+            except argparse.ArgumentTypeError as err:
+                raise argparse.ArgumentTypeError(f"{err} (in the list {text!r})") from None
+        return out
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
+
+
+#: ``--ks``: positive integers.
+positive_int_list = comma_list(positive_int, "positive_int_list")
+#: ``--seeds``: seeds.
+seed_list = comma_list(seed, "seed_list")
+#: ``--fractions``: label fractions in (0, 1].
+fraction_list = comma_list(fraction, "fraction_list")
+
+# --------------------------------------------------------------------------- evaluation flags ---
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, manifest: bool = True) -> None:
@@ -25,8 +168,9 @@ def add_model_args(parser: argparse.ArgumentParser, *, manifest: bool = True) ->
                         help="checkpoint directory or registry model name (see `mammoclip models list`)")
     if manifest:
         parser.add_argument("--manifest", required=True, help="manifest.csv (or its folder)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    parser.add_argument("--workers", type=non_negative_int, default=2,
+                        help="DataLoader workers decoding images (0: in the main process)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--allow-resize", action="store_true",
                         help="resize images whose size differs from the model's input instead of failing")
@@ -44,7 +188,8 @@ def add_aggregate_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_n_boot_arg(parser: argparse.ArgumentParser) -> None:
     """``--n-boot``: bootstrap replicates behind every reported 95% CI."""
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the 95%% CIs")
+    parser.add_argument("--n-boot", type=non_negative_int, default=1000,
+                        help="bootstrap replicates of the 95%% CIs (0: no intervals)")
 
 
 def add_sweep_args(parser: argparse.ArgumentParser, *, fractions: str, seeds: str, seeds_help: str) -> None:
@@ -57,8 +202,9 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, fractions: str, seeds: st
         seeds_help: Help of ``--seeds`` (what the seed drives differs between commands).
     """
     add_task_arg(parser)
-    parser.add_argument("--fractions", default=fractions, help="label fractions of the training patients")
-    parser.add_argument("--seeds", default=seeds, help=seeds_help)
+    parser.add_argument("--fractions", type=fraction_list, default=fractions,
+                        help="label fractions of the training patients, each in (0, 1]")
+    parser.add_argument("--seeds", type=seed_list, default=seeds, help=seeds_help)
     parser.add_argument("--init", default="pretrained", help="comma list of pretrained|random|imagenet")
 
 
@@ -69,7 +215,7 @@ def add_selection_args(parser: argparse.ArgumentParser, *, val_fraction_help: st
         parser: The command's parser.
         val_fraction_help: Help of ``--val-fraction`` (what the held-out patients select differs).
     """
-    parser.add_argument("--val-fraction", type=float, default=0.2, help=val_fraction_help)
+    parser.add_argument("--val-fraction", type=open_fraction, default=0.2, help=val_fraction_help)
     add_aggregate_arg(parser)
     add_n_boot_arg(parser)
 
@@ -98,15 +244,16 @@ class SweepKwargs(TypedDict):
 def sweep_kwargs(args: argparse.Namespace) -> SweepKwargs:
     """Check ``--task`` and parse the sweep options into ``run_probe``/``run_finetune`` arguments.
 
-    The task is looked up first so a typo fails before any model is built; a malformed list raises a
-    ConfigError that names its option.
+    The task is looked up first so a typo fails before any model is built; ``--fractions`` and
+    ``--seeds`` were already checked by their option types, a malformed ``--init`` raises a
+    ConfigError that names it.
     """
     from mammoclip.evaluate.tasks import get_task
 
     get_task(args.task)
     return SweepKwargs(
-        fractions=parse_list(args.fractions, float, "--fractions"),
-        seeds=parse_list(args.seeds, int, "--seeds"),
+        fractions=list(args.fractions),
+        seeds=list(args.seeds),
         inits=parse_list(args.init, str, "--init"),
         out_dir=args.out, aggregate=args.aggregate, n_boot=args.n_boot, allow_resize=args.allow_resize,
         model_name=str(args.checkpoint),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mammoclip.cli._options import positive_int, seed
+
 
 def _default(name: str) -> object:
     """A :class:`~mammoclip.demo.DemoConfig` default, so the help text cannot drift from the code."""
@@ -17,10 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Synthesize a cohort, write DICOMs, preprocess, pre-train mammoclip-lite, "
                                    "evaluate (zero-shot, linear probes vs baselines) and write index.html.")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--patients", type=int, default=None, help=f"synthetic patients (default {_default('patients')}; 4 images each)")
-    p.add_argument("--epochs", type=int, default=None, help=f"pre-training epochs (default {_default('epochs')})")
-    p.add_argument("--workers", type=int, default=None, help=f"processes for synthesis/preprocessing (default {_default('workers')})")
-    p.add_argument("--seed", type=int, default=None, help=f"cohort seed (default {_default('seed')})")
+    p.add_argument("--patients", type=positive_int, default=None, help=f"synthetic patients (default {_default('patients')}; 4 images each)")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"pre-training epochs (default {_default('epochs')})")
+    p.add_argument("--workers", type=positive_int, default=None, help=f"processes for synthesis/preprocessing (default {_default('workers')})")
+    p.add_argument("--seed", type=seed, default=None, help=f"cohort seed (default {_default('seed')})")
     p.add_argument("--quick", action="store_true", help="a tiny run through every stage (about a minute)")
     p.set_defaults(func=_run)
 

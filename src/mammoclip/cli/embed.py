@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mammoclip.cli._options import add_model_args, load_manifest, load_model
+from mammoclip.cli._options import add_model_args, load_manifest, load_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = n.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", help="query image file")
     q.add_argument("--text", help="query text")
-    n.add_argument("-k", type=int, default=5, help="number of neighbours")
+    n.add_argument("-k", type=positive_int, default=5, help="number of neighbours")
     n.add_argument("--kind", choices=("image", "text"), default=None, help="search only images or only reports")
     n.add_argument("--checkpoint", default=None, help="model for the query (default: the one that built the index)")
     n.add_argument("--device", default=None, help="torch device")

@@ -8,7 +8,11 @@ from mammoclip.cli._options import (
     add_model_args,
     add_selection_args,
     add_sweep_args,
+    dropout_rate,
     load_manifest,
+    non_negative_float,
+    positive_float,
+    positive_int,
     print_summary,
     sweep_kwargs,
 )
@@ -19,14 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune the image tower with a task head (val-selected epoch)")
     add_model_args(p)
     add_sweep_args(p, fractions="1.0", seeds="0", seeds_help="seeds")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per fit")
-    p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--epochs", type=positive_int, default=30, help="epochs per fit")
+    p.add_argument("--lr", type=positive_float, default=5e-5, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--balancing", default="weighted", choices=("weighted", "sampler", "none"),
                    help="weighted loss, class-balanced sampling, or neither")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout before the head")
+    p.add_argument("--dropout", type=dropout_rate, default=0.0, help="dropout before the head")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="training precision")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per fit")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="cap on optimizer steps per fit")
     add_selection_args(p, val_fraction_help="share of training patients for epoch selection")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=_run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mammoclip.cli._options import add_model_args, load_manifest, load_model, print_summary
+from mammoclip.cli._options import add_model_args, load_manifest, load_model, positive_int_list, print_summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("retrieval", help="image->text and text->image Recall@1/5/10 on a held-out split")
     add_model_args(p)
     p.add_argument("--split", default="test", help="train|val|test|all")
-    p.add_argument("--ks", default="1,5,10", help="comma-separated K values")
+    p.add_argument("--ks", type=positive_int_list, default="1,5,10", help="comma-separated K values (each >= 1)")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=_run)
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from mammoclip.evaluate.retrieval import run_retrieval
 
-    ks = tuple(int(k) for k in args.ks.split(","))
+    ks = tuple(args.ks)
     results = run_retrieval(load_model(args), load_manifest(args), split=args.split, ks=ks, out_dir=args.out,
                             batch_size=args.batch_size, num_workers=args.workers, allow_resize=args.allow_resize,
                             model_name=str(args.checkpoint), progress=True)

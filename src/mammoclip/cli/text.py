@@ -5,6 +5,8 @@
 * ``mammoclip text stats MANIFEST [--tokenizer DIR]`` summarises the ``reports.csv`` beside a
   manifest: section coverage, lengths, BI-RADS/density distributions, agreement with the
   manifest's labels and, with a tokenizer, token lengths and truncation warnings.
+  ``mammoclip text stats REPORT_DIR`` (a folder without ``manifest.csv``, or ``--reports-dir DIR``)
+  does the same for every ``*.txt`` under a folder, with no labels to agree with.
 * ``mammoclip text prompts [TASK] [--style paper|ensemble]`` lists the zero-shot tasks or prints
   one task's prompts.
 """
@@ -16,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from mammoclip.cli._options import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,10 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parse.add_argument("--output", type=Path, help="write the JSON here instead of stdout")
     parse.set_defaults(func=_parse)
 
-    stats = group.add_parser("stats", help="summarise the reports of a manifest")
-    stats.add_argument("manifest", type=Path, help="manifest.csv (or its folder) with reports.csv beside it")
+    stats = group.add_parser("stats", help="summarise the reports of a manifest or a folder of report files")
+    stats.add_argument("manifest", type=Path, nargs="?",
+                       help="manifest.csv (or its folder) with reports.csv beside it, or a folder of *.txt reports")
+    stats.add_argument("--reports-dir", type=Path,
+                       help="read every *.txt under this folder (recursively) instead of a manifest's reports.csv")
     stats.add_argument("--tokenizer", type=Path, help="local Hugging Face tokenizer folder for token lengths")
-    stats.add_argument("--max-length", type=int, default=None, help="text encoder limit (default: 256, the paper's)")
+    stats.add_argument("--max-length", type=positive_int, default=None, help="text encoder limit (default: 256, the paper's)")
     stats.add_argument("--output", type=Path, help="also write the summary as JSON here")
     stats.set_defaults(func=_stats)
 
@@ -70,15 +77,23 @@ def _parse(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     from mammoclip.constants import TEXT_MAX_LENGTH
-    from mammoclip.data.manifest import load_bundle
-    from mammoclip.errors import DataError
-    from mammoclip.text.stats import corpus_summary
+    from mammoclip.data.manifest import MANIFEST_FILE, load_bundle
+    from mammoclip.errors import ConfigError, DataError
+    from mammoclip.text.stats import corpus_summary, folder_summary
 
-    bundle = load_bundle(args.manifest)
-    if not len(bundle.reports):
-        raise DataError(f"{args.manifest}: no reports.csv with rows beside the manifest")
-    summary = corpus_summary(bundle.reports, bundle.images, tokenizer=args.tokenizer,
-                             max_length=args.max_length or TEXT_MAX_LENGTH)
+    if (args.manifest is None) == (args.reports_dir is None):
+        raise ConfigError("text stats: give a manifest (or a folder of reports) or --reports-dir, exactly one")
+    max_length = args.max_length or TEXT_MAX_LENGTH
+    folder = args.reports_dir
+    if folder is None and args.manifest.is_dir() and not (args.manifest / MANIFEST_FILE).is_file():
+        folder = args.manifest  # a plain folder of report files: no manifest to read
+    if folder is not None:
+        summary = folder_summary(folder, tokenizer=args.tokenizer, max_length=max_length)
+    else:
+        bundle = load_bundle(args.manifest)
+        if not len(bundle.reports):
+            raise DataError(f"{args.manifest}: no reports.csv with rows beside the manifest")
+        summary = corpus_summary(bundle.reports, bundle.images, tokenizer=args.tokenizer, max_length=max_length)
     _print_summary(summary)
     if args.output is not None:
         _emit(summary, args.output)
@@ -103,6 +118,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     print("section coverage: " + ", ".join(f"{k} {v:.0%}" for k, v in s["section_coverage"].items()))
     print("BI-RADS: " + ", ".join(f"{k}: {v}" for k, v in s["birads"].items()))
     print("density: " + ", ".join(f"{k}: {v}" for k, v in s["density"].items()))
+    if s.get("non_utf8"):
+        print(f"not UTF-8, read with a fallback codec: {len(s['non_utf8'])} of {s['n_reports']} files: "
+              + ", ".join(f"{k} ({v})" for k, v in s["non_utf8"].items()))
     for column, agreement in s.get("label_agreement", {}).items():
         if agreement["agreement"] is not None:
             print(f"{column} agrees with the manifest for {agreement['agreement']:.0%} of {agreement['n']} reports")

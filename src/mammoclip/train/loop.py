@@ -12,6 +12,9 @@
   temporary folder renamed into place), the last ``loop.keep_last`` kept, plus ``best/`` (by
   ``loop.best_metric``); ``resume=True`` restores model, optimizer, scheduler, scaler, RNG and the
   position in the data order (:class:`~mammoclip.train.distributed.ResumableSampler`);
+* ``best/`` kept consistent with the recorded score: the state names the step of the best epoch
+  (``best_step``), and a resume rewrites ``best/`` from that step's checkpoint when a kill came
+  between the two writes; temporary folders left by a killed write are removed on start;
 * a tqdm bar (loss, images/s, ETA), ``metrics.jsonl`` (+ TensorBoard when installed); rank 0 alone
   writes.
 
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import time
 import warnings
@@ -52,6 +57,11 @@ BEST_DIR = "best"
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.jsonl"
+#: Folders :func:`_atomic_dir` leaves behind when killed mid-write (``.tmp-<name>-<pid>`` being
+#: written, ``.old-<name>-<pid>`` being replaced); only these names are ever removed on start.
+STALE_TEMP = re.compile(r"\.(?:tmp|old)-(?:best|step-\d{8})-\d+")
+
+log = logging.getLogger(__name__)
 
 #: Collate function type: list of items -> batch dict.
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -105,6 +115,32 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     tmp.rename(final)
     shutil.rmtree(trash, ignore_errors=True)
     return final
+
+
+def remove_stale_temp(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders a killed atomic write left in ``run_dir`` (and its checkpoints).
+
+    Only names matching :data:`STALE_TEMP` directly inside ``run_dir`` or ``run_dir/checkpoints`` are
+    touched, so nothing a user put in the run folder is deleted. Called by rank 0 on start, before
+    anything is written: two processes training into one run folder at once is not supported.
+
+    Returns:
+        The folders removed (logged as one warning line).
+    """
+    run_dir = Path(run_dir)
+    removed = []
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if STALE_TEMP.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    if removed:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in removed)
+        log.warning("%s: removed %d stale temporary folder(s) of an interrupted write: %s", run_dir,
+                    len(removed), names)
+    return removed
 
 
 def _rng_state() -> dict[str, Any]:
@@ -242,6 +278,7 @@ def fit(
     primary = dist.is_primary
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp(run_dir)
         if config is not None:
             write_run_config(run_dir, dict(config))
     if loop.deterministic:
@@ -270,7 +307,8 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if loop.precision == "fp16" else None
     autocast = _autocast(device, loop.precision)
 
-    state = {"epoch": 0, "batch": 0, "global_step": 0, "best": None, "history": [], "skipped": 0}
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "best": None, "best_step": None,
+                             "history": [], "skipped": 0}
     ckpt = _resume_from(run_dir, resume)
     if ckpt is not None:
         saved = load_training_state(ckpt)
@@ -282,6 +320,11 @@ def fit(
         _set_rng_state(saved["rng"][dist.rank] if dist.rank < len(saved["rng"]) else saved["rng"][0])
         for k in ("epoch", "batch", "global_step", "best", "history"):
             state[k] = saved[k]
+        state["best_step"] = (saved["best_step"] if "best_step" in saved
+                              else _derive_best_step(saved, loop, steps_per_epoch))
+        if primary:
+            _repair_best(run_dir, state, loop)
+        D.barrier()
     logger = _Logger(run_dir, primary)
     last_ckpt: Path | None = ckpt
 
@@ -291,7 +334,7 @@ def fit(
             "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
             "epoch": state["epoch"], "batch": state["batch"], "global_step": state["global_step"],
-            "best": state["best"], "history": state["history"],
+            "best": state["best"], "best_step": state["best_step"], "history": state["history"],
         }
         meta = {"global_step": state["global_step"], "epoch": state["epoch"], "batch": state["batch"],
                 "epoch_end": epoch_end, "task": task.name, "time": time.time()}
@@ -364,7 +407,10 @@ def fit(
                 value = metrics.get(loop.best_metric)
                 if value is not None and _better(value, state["best"], loop.best_mode):
                     state["best"] = value
+                    state["best_step"] = state["global_step"]
                     best_dir = run_dir / BEST_DIR
+            # The checkpoint records the new best (score and step) first; best/ follows. A kill
+            # between the two is repaired on resume by _repair_best from this very checkpoint.
             last_ckpt = save(epoch_end=True)
             if best_dir is not None and primary:
                 _export_best(task, raw, best_dir, state, loop)
@@ -501,3 +547,52 @@ def _export_best(task: Task, raw: nn.Module, best_dir: Path, state: Mapping[str,
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
 
     _atomic_dir(best_dir, write)
+
+
+def _best_dir_step(best_dir: Path) -> int | None:
+    """The ``global_step`` that ``best/meta.json`` records (None when missing or unreadable)."""
+    try:
+        return int(json.loads((best_dir / META_FILE).read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _derive_best_step(saved: Mapping[str, Any], loop: LoopConfig, steps_per_epoch: int) -> int | None:
+    """``best_step`` of a state written before it was recorded: the last epoch whose metric is the best."""
+    if saved.get("best") is None:
+        return None
+    epochs = [h["epoch"] for h in saved.get("history", []) if h.get(loop.best_metric) == saved["best"]]
+    return int(epochs[-1]) * steps_per_epoch if epochs else None
+
+
+def _repair_best(run_dir: Path, state: Mapping[str, Any], loop: LoopConfig) -> None:
+    """Make ``best/`` the export of ``state["best_step"]`` again after a kill between the two writes.
+
+    The epoch-end checkpoint holds the same model files that ``best/`` would (both come from
+    ``task.export`` on the same weights), so they are copied from it. When that checkpoint is gone
+    (pruned by ``keep_last`` after an explicit ``--resume`` of an older one) ``best/`` is left as it
+    is, with a warning.
+    """
+    step = state["best_step"]
+    best_dir = run_dir / BEST_DIR
+    have = _best_dir_step(best_dir)
+    if step is None or have == step:
+        return
+    source = run_dir / CHECKPOINT_DIR / f"step-{step:08d}"
+    found = "missing" if have is None else f"from step {have}"
+    if not (source / META_FILE).is_file():
+        log.warning("%s: best/ is %s but the recorded best is step %d, whose checkpoint is gone; left as is",
+                    run_dir, found, step)
+        return
+    meta = {"global_step": step, "epoch": json.loads((source / META_FILE).read_text())["epoch"],
+            loop.best_metric: state["best"]}
+
+    def write(tmp: Path) -> None:
+        for f in source.iterdir():
+            if f.name not in (STATE_FILE, META_FILE):
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+
+    _atomic_dir(best_dir, write)
+    log.warning("%s: best/ was %s; rewritten from %s (the recorded best, %s=%s)", run_dir, found,
+                source.relative_to(run_dir), loop.best_metric, state["best"])
