@@ -13,12 +13,13 @@ export MPLCONFIGDIR := $(CURDIR)/.venv/.cache/matplotlib
 export HF_HOME := $(CURDIR)/.venv/.cache/huggingface
 export TORCH_HOME := $(CURDIR)/.venv/.cache/torch
 
-.PHONY: demo test bench lint clean help browser-deps
+.PHONY: demo test bench fuzz lint clean help browser-deps
 
 help:
 	@echo "make demo   - create .venv, install, run the end-to-end demo (writes demo-output/index.html)"
 	@echo "make test   - create .venv, install the test extra, run the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/ (prints tables, writes bench/out/*.json)"
+	@echo "make fuzz   - long fuzz run of DICOM preprocessing, reports and manifests (FUZZ_SECONDS=600 or FUZZ_CASES=N)"
 	@echo "make lint   - ruff + mypy on the typed core"
 
 $(PY):
@@ -48,7 +49,14 @@ test: $(VENV)/.installed-test browser-deps
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in $(filter-out bench/fuzz.py,$(wildcard bench/*.py)); do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# The long fuzz run (the short one is part of `make test`): bounded by FUZZ_SECONDS (default 600)
+# or FUZZ_CASES; prints a table and writes bench/out/fuzz.json.
+FUZZ_SECONDS ?= 600
+FUZZ_CASES ?= 0
+fuzz: $(VENV)/.installed-test
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_CASES=$(FUZZ_CASES) $(PY) bench/fuzz.py
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench
