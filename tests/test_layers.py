@@ -20,10 +20,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mammoclip"
 # top-level package (or module) -> the mammoclip packages it may import. Keep in step with the table in
 # docs/architecture.md. Read bottom-up it is the data-flow order: one image / report text -> models ->
 # manifests -> the generator -> evaluation -> training -> applications.
-_BASE = {"constants", "errors"}
+_BASE = {"constants", "errors", "progress"}
 ALLOWED: dict[str, set[str]] = {
     "constants": set(),
     "errors": set(),
+    "progress": set(),
     "_moved": set(),
     "imaging": _BASE,
     "text": _BASE,
@@ -47,7 +48,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 # Layer 0: no torch (they run in preprocessing workers and the synthetic generator). ``text`` may load a
 # tokenizer or a translation model lazily, inside the function that needs it, never at import.
-NO_TORCH = ("mammoclip.imaging", "mammoclip.synthetic", "mammoclip.constants", "mammoclip.errors")
+NO_TORCH = ("mammoclip.imaging", "mammoclip.synthetic", "mammoclip.constants", "mammoclip.errors",
+            "mammoclip.progress")
 NO_TORCH_AT_IMPORT = ("mammoclip.text",)
 TORCH_FAMILY = ("torch", "torchvision", "timm", "transformers")
 

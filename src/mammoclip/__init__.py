@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 # public name -> "module:attribute"
 _LAZY: dict[str, str] = {
     "create_model": "mammoclip.models.factory:create_model",
+    "create_model_and_transforms": "mammoclip.data.model_input:create_model_and_transforms",
+    "from_pretrained": "mammoclip.data.model_input:from_pretrained",
+    "ModelPreprocess": "mammoclip.data.model_input:ModelPreprocess",
     "list_models": "mammoclip.models.registry:list_models",
     "get_model_config": "mammoclip.models.registry:get_model_config",
     "get_tokenizer": "mammoclip.models.text:get_tokenizer",

@@ -80,35 +80,76 @@ class DemoConfig:
 _COST = {"synth": 0.021, "preprocess": 0.01, "train": 0.047, "infer": 0.0125, "probe_fit": 0.75}
 
 
-def estimate_seconds(cfg: DemoConfig) -> float:
-    """Rough wall time of a demo run on a 2-core CPU (used only to tell the user up front)."""
+#: The demo's stages in the order they run (names as in ``results.json["stage_seconds"]``).
+STAGES: tuple[str, ...] = ("synth", "preprocess", "grid", "pretrain", "zeroshot", "probe", "report")
+#: Seconds not spent in any stage (imports, model loading, writing results), on the reference machine.
+_OVERHEAD_S = 17.0
+
+
+def stage_estimates(cfg: DemoConfig) -> dict[str, float]:
+    """Rough wall time of each stage of a demo run on a quiet 2-core CPU, by stage name, in run order."""
     images = 4 * cfg.patients
     pixels = cfg.image_size[0] * cfg.image_size[1] / (256 * 160)
     breasts_train = 2 * cfg.patients * 0.7
     test_images = images * 0.2
-    return (images * _COST["synth"] * cfg.dicom_size[0] * cfg.dicom_size[1] / (640 * 384)
-            + images * _COST["preprocess"]
-            + cfg.epochs * breasts_train * 2 * _COST["train"] * pixels
-            + len(DEMO_TASKS) * 2 * test_images * _COST["infer"] * pixels  # zero-shot, two inits
-            + len(cfg.inits) * images * _COST["infer"] * pixels  # probe features, cached across tasks
-            + len(DEMO_TASKS) * len(cfg.inits) * len(cfg.fractions) * len(cfg.seeds) * _COST["probe_fit"]
-            + 20)
+    return {
+        "synth": images * _COST["synth"] * cfg.dicom_size[0] * cfg.dicom_size[1] / (640 * 384),
+        "preprocess": images * _COST["preprocess"],
+        "grid": 1.0,
+        "pretrain": cfg.epochs * breasts_train * 2 * _COST["train"] * pixels,
+        "zeroshot": len(DEMO_TASKS) * 2 * test_images * _COST["infer"] * pixels,  # two inits
+        # probe features (cached across tasks) + the fits
+        "probe": (len(cfg.inits) * images * _COST["infer"] * pixels
+                  + len(DEMO_TASKS) * len(cfg.inits) * len(cfg.fractions) * len(cfg.seeds) * _COST["probe_fit"]),
+        "report": 2.0,
+    }
+
+
+def estimate_seconds(cfg: DemoConfig) -> float:
+    """Rough wall time of a demo run on a 2-core CPU (told up front, then revised after each stage)."""
+    return sum(stage_estimates(cfg).values()) + _OVERHEAD_S
 
 
 class _Stages:
-    """Prints one line per stage with its duration (the stages themselves show progress bars)."""
+    """Prints one line per stage with its duration (the stages themselves show progress) and, after
+    each stage, the estimate of the whole run revised from the measured speed.
 
-    def __init__(self, total: int, log: Callable[[str], None]) -> None:
-        self.total, self.i, self.log, self.seconds = total, 0, log, {}
+    The revision scales what the remaining stages were expected to take by how much slower (or
+    faster) than the reference machine the finished stages ran: on a loaded machine the log says
+    after the first stages that "5 min" will be 40, instead of never saying it.
+    """
+
+    def __init__(self, total: int, log: Callable[[str], None], estimates: dict[str, float] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.total, self.i, self.log = total, 0, log
+        self.seconds: dict[str, float] = {}
+        self.estimates = dict(estimates or {})
+        self.clock = clock
+        self.start = clock()
+        #: The revised total estimates (seconds), one per finished stage that has stages after it.
+        self.revisions: list[float] = []
 
     def run(self, name: str, what: str, fn: Callable[[], Any]) -> Any:
         self.i += 1
         self.log(f"[{self.i}/{self.total}] {what} ...")
-        t0 = time.perf_counter()
+        t0 = self.clock()
         value = fn()
-        self.seconds[name] = round(time.perf_counter() - t0, 1)
+        self.seconds[name] = round(self.clock() - t0, 1)
         self.log(f"[{self.i}/{self.total}] {what}: done in {self.seconds[name]:.0f} s")
+        self._revise()
         return value
+
+    def _revise(self) -> None:
+        expected_done = sum(self.estimates.get(s, 0.0) for s in self.seconds)
+        left = [s for s in self.estimates if s not in self.seconds]
+        if not left or expected_done <= 0:
+            return
+        speed = sum(self.seconds.values()) / expected_done  # > 1: slower than the reference machine
+        elapsed = self.clock() - self.start
+        remaining = speed * sum(self.estimates[s] for s in left)
+        self.revisions.append(elapsed + remaining)
+        self.log(f"    revised estimate: {(elapsed + remaining) / 60:.1f} min in total, about {remaining / 60:.1f} "
+                 f"min left (the stages so far took {speed:.2g}x the reference time)")
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
@@ -131,7 +172,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
     t_start = time.perf_counter()
     log(f"mammoclip demo: {cfg.patients} synthetic patients, {4 * cfg.patients} images, model mammoclip-lite at "
         f"{cfg.image_size[0]}x{cfg.image_size[1]}; estimated {estimate_seconds(cfg) / 60:.0f} min on 2 CPU cores.")
-    stages = _Stages(7, log)
+    stages = _Stages(len(STAGES), log, stage_estimates(cfg))
 
     dicom_manifest = stages.run("synth", "synthesize the cohort and write DICOMs", lambda: generate_cohort(
         out / "cohort-dicom", n_patients=cfg.patients, seed=cfg.seed, image_size=cfg.dicom_size, fmt="dicom",
@@ -253,36 +294,48 @@ def cohort_grid(bundle: Any, path: Path, n_breasts: int = 6) -> Path:
     return path
 
 
-def training_curves(metrics_path: Path, path: Path) -> Path:
-    """Loss curves (train per logged step, validation per epoch) and zero-shot AUC per epoch."""
+def training_curves_figure(records: list[dict[str, Any]]) -> Any:
+    """The matplotlib figure of :func:`training_curves` (returned unsaved, so tests can read its axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    from mammoclip.evaluate.report import metric_label
+
     df = pd.DataFrame(records)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     for key in [k for k in df.columns if k.endswith("loss") and not k.startswith("val")]:
         d = df[["step", key]].dropna()
-        axes[0].plot(d["step"], d[key], label=key, lw=1)
+        axes[0].plot(d["step"], d[key], label=f"{metric_label(key)} (training, per logged step)", lw=1)
     for key in [k for k in df.columns if k.startswith("val") and k.endswith("loss")]:
         d = df[["step", key]].dropna()
-        axes[0].plot(d["step"], d[key], "o-", label=key)
-    axes[0].set_xlabel("step")
-    axes[0].set_title("contrastive loss")
-    axes[0].legend(fontsize=8)
+        axes[0].plot(d["step"], d[key], "o-", label=f"{metric_label(key)} (per epoch)")
+    axes[0].set_xlabel("optimizer step")
+    axes[0].set_ylabel("contrastive loss")
+    axes[0].set_title("pre-training loss")
     for key in [k for k in df.columns if k.startswith("zeroshot/") and k.endswith("auc")]:
         d = df[["step", key]].dropna()
-        axes[1].plot(d["step"], d[key], "o-", label=key.replace("zeroshot/", ""))
-    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[1].set_xlabel("step")
+        axes[1].plot(d["step"], d[key], "o-", label=metric_label(key))
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--", label="chance (AUC 0.5)")
+    axes[1].set_xlabel("optimizer step")
+    axes[1].set_ylabel("zero-shot AUC")
     axes[1].set_title("zero-shot AUC on the validation split")
-    axes[1].legend(fontsize=8)
+    for ax in axes:  # outside the axes: a legend never hides a point
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def training_curves(metrics_path: Path, path: Path) -> Path:
+    """Loss curves (train per logged step, validation per epoch) and zero-shot AUC per epoch."""
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    fig = training_curves_figure(records)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -314,21 +367,32 @@ def collect_results(cfg: DemoConfig, bundle: Any, prep: Any, fit: Any, zs: dict[
                       "metric": "AUC (per breast)", **_metric_entry(res["metrics"]["breast"]["auc"])})
     for task, res in probes.items():
         eff = pd.DataFrame(res["data_efficiency"])
+        pred_path = out / "probe" / task / "predictions.csv"
+        preds = pd.read_csv(pred_path) if pred_path.exists() else None
         for (init, fraction), part in eff.groupby(["init", "fraction"], sort=False):
             vals = part["test_auc"].to_numpy(dtype=float)
+            ci = (probe_auc_ci(preds, str(init), float(fraction), n_boot=cfg.n_boot, seed=cfg.seed)
+                  if preds is not None else (None, None))
             table.append({"evaluation": "linear probe", "task": task, "init": init, "fraction": float(fraction),
                           "metric": f"AUC (per image, mean of {len(vals)} seeds)", "value": float(vals.mean()),
-                          "ci_low": None, "ci_high": None})
+                          "ci_low": ci[0], "ci_high": ci[1]})
     figures: dict[str, dict[str, str]] = {
         "cohort_grid": {"path": str(grid.relative_to(out)),
                         "caption": "Preprocessed CC/MLO pairs with their lesion boxes (red: mass, yellow: calcification)."},
-        "training_curves": {"path": str(curves.relative_to(out)), "caption": "Pre-training loss and validation zero-shot AUC."},
+        "training_curves": {"path": str(curves.relative_to(out)),
+                            "caption": "Pre-training loss (left) and zero-shot AUC on the validation split after "
+                                       "each epoch (right; dashed: chance)."},
     }
     for task in DEMO_TASKS:
-        figures[f"zeroshot_roc_{task}"] = {"path": f"zeroshot/{task}-pretrained/roc.png",
-                                           "caption": f"Zero-shot ROC, {task}, pre-trained model (test split)."}
-        figures[f"data_efficiency_{task}"] = {"path": f"probe/{task}/data_efficiency.png",
-                                              "caption": f"Linear-probe test AUC vs label fraction, {task}."}
+        figures[f"zeroshot_roc_{task}"] = {
+            "path": f"zeroshot/{task}-pretrained/roc.png",
+            "caption": f"Zero-shot ROC, {task}, pre-trained model (test split). Shaded bands: pointwise 95% "
+                       "confidence intervals of the sensitivity (patient bootstrap)."}
+        figures[f"data_efficiency_{task}"] = {
+            "path": f"probe/{task}/data_efficiency.png",
+            "caption": f"Linear-probe test AUC vs label fraction, {task}: mean over {len(cfg.seeds)} seed(s); "
+                       "error bars: ±1 standard deviation over the seeds (the spread of the label draw and the "
+                       "fit, not a confidence interval; the table gives those)."}
     figures = {k: v for k, v in figures.items() if (out / v["path"]).exists()}
     files = {"results.json": "results.json", "cohort manifest": "cohort/manifest.csv",
              "pre-training metrics": "runs/pretrain/metrics.jsonl"}
@@ -354,6 +418,43 @@ def collect_results(cfg: DemoConfig, bundle: Any, prep: Any, fit: Any, zs: dict[
         "figures": figures,
         "files": files,
     }
+
+
+def probe_auc_ci(predictions: Any, init: str, fraction: float, *, n_boot: int, seed: int = 0
+                 ) -> tuple[float | None, float | None]:
+    """95% CI of a linear-probe row: patient bootstrap of the AUC of the seed-averaged test scores.
+
+    Each seed's head scores the same test images; averaging their scores per image gives one
+    prediction per image, and resampling patients gives the interval. (The row's value stays the
+    mean of the seeds' AUCs, as the probe reports it; the interval is of the averaged predictions.)
+
+    Args:
+        predictions: The probe's ``predictions.csv`` (``init``, ``fraction``, ``seed``, ``image_id``,
+            ``patient_id``, ``label``, ``p_<class>``).
+        init, fraction: The row.
+        n_boot: Bootstrap replicates (0: no interval).
+        seed: Seed of the resampling (the demo's; nothing else draws from it).
+
+    Returns:
+        ``(low, high)``, or ``(None, None)`` when the row has no predictions, one class only, or
+        ``n_boot`` is 0.
+    """
+    from mammoclip.evaluate.metrics import binary_metrics, bootstrap_metrics
+
+    part = predictions[(predictions["init"] == init) & np.isclose(predictions["fraction"], fraction)]
+    score = [c for c in part.columns if c.startswith("p_")]
+    if part.empty or not score or n_boot <= 0:
+        return None, None
+    avg = part.groupby("image_id", sort=True).agg(label=("label", "first"), patient_id=("patient_id", "first"),
+                                                  score=(score[-1], "mean"))
+    y = avg["label"].to_numpy()
+    if len(np.unique(y)) < 2:
+        return None, None
+    est = bootstrap_metrics(lambda a, b: {"auc": binary_metrics(a, b)["auc"]}, y, avg["score"].to_numpy(),
+                            avg["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)["auc"]
+    if not (np.isfinite(est.ci_low) and np.isfinite(est.ci_high)):
+        return None, None
+    return float(est.ci_low), float(est.ci_high)
 
 
 def _cpu_count() -> int:

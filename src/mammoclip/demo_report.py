@@ -1,11 +1,13 @@
 """The demo's HTML report: one self-contained page rendered from ``results.json``.
 
 Every number on the page is read from ``results.json`` (written by the demo run); nothing is typed
-in. The test suite parses the page and checks its table against the JSON.
+in. The test suite parses the page and checks its table against the JSON. Figures are embedded as
+data URIs, so the page still shows them when ``index.html`` is copied alone.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from pathlib import Path
@@ -58,7 +60,8 @@ def render_demo_html(results: dict[str, Any], out_dir: Path) -> str:
         f"total time {results.get('total_seconds', 0):.0f} s on {html.escape(results.get('machine', ''))}.</p>",
         "<div class='note'><b>What these numbers mean.</b> Everything here was computed on a small "
         "<i>synthetic</i> cohort generated on this machine, with a small CPU model "
-        f"(<code>{html.escape(results.get('model', ''))}</code>) pre-trained for a few minutes. They show "
+        f"(<code>{html.escape(results.get('model', ''))}</code>) pre-trained for "
+        f"{_duration(results.get('pretrain', {}).get('seconds'))} on this machine. They show "
         "that the pipeline works end to end and that pre-training teaches the model something measurable; "
         "they say nothing about performance on real mammograms. See README for the paper configurations.</div>",
     ]
@@ -75,7 +78,7 @@ def render_demo_html(results: dict[str, Any], out_dir: Path) -> str:
         [[s, v.get("images"), v.get("mass"), v.get("calcification")] for s, v in cohort.get("splits", {}).items()],
         table_id="cohort-table",
     ))
-    parts.extend(_figures(results, ("cohort_grid",)))
+    parts.extend(_figures(results, ("cohort_grid",), out_dir))
 
     parts.append("<h2>2. Pre-training</h2>")
     pre = results.get("pretrain", {})
@@ -84,7 +87,7 @@ def render_demo_html(results: dict[str, Any], out_dir: Path) -> str:
         f"{_fmt(pre.get('val_loss_first'))} → {_fmt(pre.get('val_loss_best'))} (best), "
         f"{pre.get('seconds') or 0:.0f} s.</p>"
     )
-    parts.extend(_figures(results, ("training_curves",)))
+    parts.extend(_figures(results, ("training_curves",), out_dir))
 
     parts.append("<h2>3. Results</h2>")
     rows = []
@@ -93,8 +96,9 @@ def render_demo_html(results: dict[str, Any], out_dir: Path) -> str:
                      row["value"], _ci(row)])
     parts.append(_table(["evaluation", "task", "init", "label fraction", "metric", "value", "95% CI"], rows,
                         table_id="results-table", left=(0, 1, 2, 4)))
+    parts.append(_results_notes(results.get("table", [])))
     parts.extend(_figures(results, tuple(k for k in results.get("figures", {}) if k not in
-                                         ("cohort_grid", "training_curves"))))
+                                         ("cohort_grid", "training_curves")), out_dir))
     parts.append("<h2>4. Files</h2><ul>")
     for label, rel in results.get("files", {}).items():
         parts.append(f"<li><a href='{html.escape(rel)}'>{html.escape(label)}</a></li>")
@@ -112,12 +116,57 @@ def _table(header: list[str], rows: list[list[Any]], *, table_id: str, left: tup
     return f"<table id='{table_id}'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _figures(results: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+def _duration(seconds: Any) -> str:
+    """``2570`` -> "43 min (2570 s)", ``95`` -> "95 s"; "an unmeasured time" when missing."""
+    if not isinstance(seconds, (int, float)):
+        return "an unmeasured time"
+    return f"{seconds / 60:.0f} min ({seconds:.0f} s)" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def _results_notes(table: list[dict[str, Any]]) -> str:
+    """What a reader of the results table would otherwise have to guess, from the rows themselves."""
+    notes = ["<b>95% CI</b>: patient-bootstrap percentile intervals (patients resampled with replacement). "
+             "Zero-shot rows: the interval of the AUC itself. Linear-probe rows: the value is the mean of the "
+             "seeds' test AUCs; the interval is that of the AUC of the seed-averaged test scores (each image's "
+             "score averaged over the seeds' heads), which is the same test set seen through the average head."]
+    below = [r for r in table if r.get("evaluation") == "zero-shot" and r.get("init") == "imagenet"
+             and isinstance(r.get("value"), (int, float)) and r["value"] < 0.5]
+    if below:
+        which = ", ".join(f"{html.escape(str(r['task']))} {html.escape(str(r['metric']))} {r['value']:.3f}"
+                          for r in below)
+        notes.append(f"<b>ImageNet zero-shot below 0.5</b> ({which}): the ImageNet-initialised model has never "
+                     "seen an image paired with a report; its projection heads are random, so its zero-shot scores "
+                     "are chance, and chance on a small test split lands on either side of 0.5 (the intervals "
+                     "include 0.5). It is the floor the pre-trained model is compared with, not a reversed signal.")
+    levels: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for r in table:
+        if r.get("evaluation") == "zero-shot":
+            metric = str(r.get("metric"))
+            level = "image" if "per image" in metric else "breast" if "per breast" in metric else None
+            if level:
+                levels.setdefault((r.get("task"), r.get("init")), {})[level] = (r.get("value"), r.get("ci_low"))
+    pairs = [v for v in levels.values() if len(v) == 2]
+    if pairs and all(v["image"] == v["breast"] for v in pairs):
+        notes.append("<b>Per-image and per-breast rows are identical</b>: every breast in this data set has a single "
+                     "image (one view), and a breast's score aggregates its views, so one view is its own breast score.")
+    return "<div class='note'>" + "<br>".join(notes) + "</div>"
+
+
+def _data_uri(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    mime = "image/svg+xml" if path.suffix.lower() == ".svg" else f"image/{path.suffix.lower().lstrip('.') or 'png'}"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _figures(results: dict[str, Any], keys: tuple[str, ...], out_dir: Path | None = None) -> list[str]:
+    """``<figure>`` tags, each image inlined as a data URI (a relative link when the file is not there)."""
     out = []
     for key in keys:
         fig = results.get("figures", {}).get(key)
         if fig:
-            out.append(f"<figure><img src='{html.escape(fig['path'])}' alt='{html.escape(key)}'>"
+            src = (_data_uri(Path(out_dir) / fig["path"]) if out_dir is not None else None) or fig["path"]
+            out.append(f"<figure><img src='{html.escape(src)}' alt='{html.escape(key)}'>"
                        f"<figcaption>{html.escape(fig.get('caption', ''))}</figcaption></figure>")
     return out
 

@@ -23,6 +23,7 @@ from mammoclip.data.manifest import Bundle
 from mammoclip.data.transforms import normalize_images
 from mammoclip.errors import DataError
 from mammoclip.imaging.imageio import read_image
+from mammoclip.progress import progress_bar
 
 #: Feature kinds: pooled image-tower features (before projection) or the projected, L2-normalised
 #: joint embedding.
@@ -69,7 +70,8 @@ def check_image_size(model: Any, bundle: Bundle, *, allow_resize: bool = False, 
     if bad:
         raise DataError(
             f"{source}: images are {bad[0][0]}x{bad[0][1]} (HxW) but the model expects {want[0]}x{want[1]}; "
-            f"preprocess the images to the model's size (`mammoclip preprocess --size {want[0]} {want[1]}`) "
+            "preprocess the images to the model's size "
+            f"(`mammoclip preprocess SOURCE --out DIR --size {want[0]}x{want[1]}`) "
             "or pass --allow-resize to resize them on the fly"
         )
 
@@ -105,7 +107,7 @@ def extract_features(
     kinds: tuple[str, ...] = ("pooled",),
     batch_size: int = 16,
     num_workers: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, np.ndarray]:
     """Frozen features of every manifest row, in manifest order.
 
@@ -115,8 +117,6 @@ def extract_features(
     Returns:
         ``kind -> (N, F)`` float32 arrays.
     """
-    from tqdm.auto import tqdm
-
     unknown = set(kinds) - set(FEATURE_KINDS)
     if unknown:
         raise ValueError(f"unknown feature kinds {sorted(unknown)}; choose from {FEATURE_KINDS}")
@@ -125,7 +125,7 @@ def extract_features(
     n = len(bundle.images)
     out: dict[str, np.ndarray] = {}
     try:
-        bar = tqdm(total=n, desc="features", unit="img", disable=not progress)
+        bar = progress_bar(n, "features", "img", enabled=progress)
         for idx, images in image_batches(model, bundle, batch_size=batch_size, num_workers=num_workers):
             if "pooled" in kinds:
                 f = model.image_features(images).float().cpu().numpy()  # (B, F)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mammoclip.errors import DataError
-from mammoclip.evaluate.metrics import roc_band
+from mammoclip.evaluate.metrics import DEFAULT_SPECIFICITY, roc_band
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -82,6 +82,44 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# --- words for keys ----------------------------------------------------------------------------------
+
+#: Metric keys as a reader says them (plot axes, table headers). ``sensitivity_at_spec`` is filled in
+#: by :func:`metric_label` with the specificity it was measured at.
+METRIC_LABELS: dict[str, str] = {
+    "auc": "AUC",
+    "auprc": "AUPRC (average precision)",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "sensitivity_at_spec": "sensitivity at {spec:g} % specificity",
+    "ece": "calibration error (ECE)",
+    "loss": "loss",
+}
+#: Prefixes of run-table and training-log keys (``test_auc``, ``val/loss``, ``zeroshot/mass/image_auc``).
+_SCOPES: dict[str, str] = {"test": "test", "val": "validation", "train": "training", "image": "per image",
+                           "breast": "per breast"}
+
+
+def metric_label(key: str, specificity: float = DEFAULT_SPECIFICITY) -> str:
+    """A metric key in words: ``test_auc`` -> "test AUC", ``zeroshot/mass/image_auc`` -> "mass AUC (per image)",
+    ``val/loss`` -> "validation loss", ``sensitivity_at_spec`` -> "sensitivity at 90 % specificity"; an unknown
+    key comes back with its ``_`` and ``/`` as spaces."""
+    *prefix, name = key.removeprefix("zeroshot/").split("/")
+    words = [_SCOPES.get(p, p.replace("_", " ")) for p in prefix]
+    level = ""
+    head, _, rest = name.partition("_")
+    if head in ("test", "val", "train") and rest:
+        words.append(_SCOPES[head])
+        name = rest
+        head, _, rest = name.partition("_")
+    if head in ("image", "breast") and rest:
+        level, name = _SCOPES[head], rest
+    words.append(METRIC_LABELS[name].format(spec=round(100 * specificity, 6)) if name in METRIC_LABELS
+                 else name.replace("_", " "))
+    text = " ".join(w for w in words if w)
+    return f"{text} ({level})" if level else text
+
+
 # --- plots -------------------------------------------------------------------------------------------
 
 
@@ -104,16 +142,19 @@ def plot_roc(
     from sklearn.metrics import roc_auc_score
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(5, 5.6), dpi=100)
     for name, (y, s, g) in curves.items():
         if len(np.unique(y)) < 2:
             continue
         band = roc_band(y, s, g, n_boot=n_boot)
         line = ax.plot(band["fpr"], band["tpr"], label=f"{name} (AUC {roc_auc_score(y, s):.3f})")[0]
-        ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color=line.get_color(), alpha=0.2)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+        ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color=line.get_color(), alpha=0.2,
+                        label=f"{name}: 95% CI (patient bootstrap)")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    # Below the axes: a curve of a weak model runs through the lower right, where a legend would sit.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, ncol=2, frameon=False)
     return _save(fig, path)
 
 
@@ -126,7 +167,8 @@ def plot_data_efficiency(table: pd.DataFrame, metric: str, path: str | Path, *, 
         path: PNG to write.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.2, 4), dpi=100)
+    n_seeds = int(table.groupby(["init", "fraction"]).size().max()) if len(table) else 0
     for init, part in table.groupby("init", sort=True):
         stats = part.groupby("fraction")[metric].agg(["mean", "std"]).fillna(0.0).sort_index()
         x = stats.index.to_numpy(dtype=float) * 100
@@ -135,9 +177,13 @@ def plot_data_efficiency(table: pd.DataFrame, metric: str, path: str | Path, *, 
     ticks = sorted(table["fraction"].unique() * 100)
     ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
     ax.minorticks_off()
-    ax.set(xlabel="labelled training patients (%)", ylabel=metric, title=title or f"data efficiency ({metric})")
+    words = metric_label(metric)
+    ax.set(xlabel="labelled training patients (%)", ylabel=f"{words} (mean over seeds)",
+           title=title or f"data efficiency ({words})")
     ax.grid(alpha=0.3)
-    ax.legend(title="init", fontsize=8)
+    # Outside the axes, so that it never hides a point; the title says what the error bars are.
+    ax.legend(title=f"init\n(error bars: ±1 sd\nover {n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=8,
+              title_fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -165,7 +211,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # keeps a legend placed outside the axes
     fig.clf()
     _pyplot().close(fig)
     return path
@@ -192,10 +238,32 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """HTML table of ``{level: {metric: {value, ci_low, ci_high}}}`` as ``value [low, high]``."""
+def identical_levels_note(metrics: dict[str, dict[str, Any]]) -> str:
+    """A sentence when the per-image and per-breast rows hold the same numbers, else ``""``.
+
+    That happens when every breast has a single image (a single-view data set): the per-breast score
+    aggregates the views of a breast, and one view aggregates to itself. Without the note the two
+    identical rows look like a bug.
+    """
+    pairs = [(a, a.replace("image", "breast")) for a in metrics if "image" in a and a.replace("image", "breast") in metrics]
+
+    def values(level: str) -> list[Any]:
+        return [(e.get("value") if isinstance(e, dict) else e) for _, e in sorted(metrics[level].items())]
+
+    same = [a for a, b in pairs if metrics[a] and values(a) == values(b)]
+    if not same:
+        return ""
+    return ("<p class=meta>The per-image and per-breast rows are identical: every breast here has one image "
+            "(a single-view data set), and a breast's score aggregates its views, so one view is its own "
+            "breast score.</p>")
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]], specificity: float = DEFAULT_SPECIFICITY) -> str:
+    """HTML table of ``{level: {metric: {value, ci_low, ci_high}}}`` as ``value [low, high]``; headers in
+    words (``sensitivity_at_spec`` names its specificity)."""
     names = sorted({m for level in metrics.values() for m in level})
-    rows = ["<tr><th>level</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"]
+    rows = ["<tr><th>level</th>" + "".join(f"<th>{html.escape(metric_label(n, specificity))}</th>" for n in names)
+            + "</tr>"]
     for level, vals in metrics.items():
         cells = []
         for n in names:
@@ -205,7 +273,7 @@ def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
             else:
                 cells.append(f"<td>{_fmt(e)}</td>")
         rows.append(f"<tr><td>{html.escape(level)}</td>{''.join(cells)}</tr>")
-    return "<table>" + "".join(rows) + "</table>"
+    return "<table>" + "".join(rows) + "</table>" + identical_levels_note(metrics)
 
 
 def frame_table(df: pd.DataFrame) -> str:
@@ -232,7 +300,8 @@ def write_html_report(out_dir: str | Path, results: dict[str, Any], *, title: st
              f"<h1>{html.escape(title)}</h1>",
              "<p class=meta>" + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in meta.items()) + "</p>"]
     if isinstance(results.get("metrics"), dict) and results["metrics"]:
-        parts += ["<h2>Metrics (95% patient-bootstrap CI)</h2>", metrics_table(results["metrics"])]
+        parts += ["<h2>Metrics (95% patient-bootstrap CI)</h2>",
+                  metrics_table(results["metrics"], float(results.get("specificity", DEFAULT_SPECIFICITY)))]
     if results.get("summary"):
         parts += ["<h2>Summary</h2>", frame_table(pd.DataFrame([results["summary"]]))]
     for heading, df in (tables or {}).items():

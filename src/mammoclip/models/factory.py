@@ -12,6 +12,7 @@ from typing import Any
 from mammoclip.models.checkpoint import load_weights_into
 from mammoclip.models.clip import MammoCLIP
 from mammoclip.models.config import MammoClipCfg
+from mammoclip.models.pretrained import check_downloadable
 from mammoclip.models.registry import resolve_config
 
 __all__ = ["create_model"]
@@ -27,6 +28,9 @@ def create_model(name_or_cfg: str | dict[str, Any] | MammoClipCfg, pretrained: b
             load offline; hub names need network); False = random weights, nothing is read;
             a string = a mammoclip checkpoint directory (or an official ``.tar``) whose weights are
             loaded strictly into the model built from ``name_or_cfg``.
+            A hub source that is not in the local cache while the hub is unreachable (or
+            HF_HUB_OFFLINE is set) fails at once with a :class:`ConfigError` saying how to get the
+            weights, instead of retrying the hub for most of a minute.
         **overrides: Merged into the config (see :func:`resolve_config`).
 
     Returns:
@@ -43,4 +47,7 @@ def create_model(name_or_cfg: str | dict[str, Any] | MammoClipCfg, pretrained: b
         model = MammoCLIP(cfg, pretrained=False)
         load_weights_into(model, pretrained)
         return model
+    if pretrained:
+        check_downloadable(cfg.name, {"image tower": (cfg.image.pretrained, cfg.image.model_name),
+                                      "text tower": (cfg.text.pretrained, None)})
     return MammoCLIP(cfg, pretrained=bool(pretrained))

@@ -119,3 +119,116 @@ def resolve_source(spec: str, base_dir: Path | None = None) -> Source:
 def offline() -> bool:
     """Whether the user asked transformers / huggingface_hub to stay offline."""
     return any(os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+# --- availability on this machine ----------------------------------------------------------------------
+# Asked before anything is built: without it, a hub name with no network makes transformers and timm
+# retry for most of a minute before they fail (issue 19).
+
+#: Weights availability of one source, best first; a model shows the worst of its towers.
+AVAILABILITY: tuple[str, ...] = ("random init", "packaged", "local", "hub cache", "download needed", "missing")
+#: How long :func:`hub_reachable` waits for a TCP connection to the hub.
+HUB_PROBE_TIMEOUT_S: float = 2.0
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def _hub_file(spec: str, model_name: str | None = None) -> tuple[str, str] | None:
+    """``(repo id, a file that a cached copy has)`` of a hub source; None for a source that is not one."""
+    if spec == "timm" or spec.startswith("timm:"):
+        from timm.models import get_pretrained_cfg
+
+        name = spec.split(":", 1)[1] if ":" in spec else (model_name or "")
+        pcfg = get_pretrained_cfg(name)
+        repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+        return (str(repo).split("@")[0], "config.json") if repo else None
+    return spec, "config.json"
+
+
+def hub_cached(spec: str, model_name: str | None = None) -> bool:
+    """Whether a hub source is already in the local Hugging Face cache (no network is used)."""
+    found = _hub_file(spec, model_name)
+    if found is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(found[0], found[1]), str)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub (``HF_ENDPOINT``, default huggingface.co) opens within
+    ``timeout`` seconds; asked once per process."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    if host not in _HUB_REACHABLE:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _HUB_REACHABLE[host] = True
+        except OSError:
+            _HUB_REACHABLE[host] = False
+    return _HUB_REACHABLE[host]
+
+
+def source_availability(spec: str | None, model_name: str | None = None) -> str:
+    """One of :data:`AVAILABILITY` for a tower's ``pretrained`` source, without touching the network.
+
+    Args:
+        spec: The source (None: the tower is randomly initialised).
+        model_name: The timm architecture, for ``"timm"`` (its default pretrained tag).
+    """
+    if spec is None:
+        return "random init"
+    if spec.startswith("package:"):
+        try:
+            resolve_source(spec)
+        except ConfigError:
+            return "missing"
+        return "packaged"
+    if spec == "timm" or spec.startswith("timm:"):
+        return "hub cache" if hub_cached(spec, model_name) else "download needed"
+    try:
+        src = resolve_source(spec)
+    except ConfigError:
+        return "missing"
+    if src.kind == "local":
+        return "local"
+    return "hub cache" if hub_cached(spec) else "download needed"
+
+
+def model_availability(cfg: dict) -> str:
+    """Weights availability of a model config dict (the worst of its two towers; see :data:`AVAILABILITY`)."""
+    image, text = cfg.get("image", {}), cfg.get("text", {})
+    states = [source_availability(image.get("pretrained"), image.get("model_name")),
+              source_availability(text.get("pretrained"))]
+    return max(states, key=AVAILABILITY.index)
+
+
+def check_downloadable(name: str, sources: dict[str, tuple[str | None, str | None]]) -> None:
+    """Fail at once, in one line, when a source must come from the hub and the hub cannot be reached.
+
+    Args:
+        name: The model name, for the message.
+        sources: ``tower -> (pretrained source, timm model name)``.
+
+    Raises:
+        ConfigError: when a source is neither local, packaged nor cached, and HF_HUB_OFFLINE /
+            TRANSFORMERS_OFFLINE is set or the hub does not answer.
+    """
+    needed = [f"{tower} {spec!r}" for tower, (spec, model_name) in sources.items()
+              if spec is not None and source_availability(spec, model_name) == "download needed"]
+    if not needed:
+        return
+    if offline():
+        why = "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set"
+    elif not hub_reachable():
+        why = "the hub cannot be reached"
+    else:
+        return
+    raise ConfigError(
+        f"{name}: the pretrained weights of the {' and '.join(needed)} must be downloaded and {why}. "
+        "For the paper's Mammo-CLIP weights run `mammoclip convert-official b5-model-best-epoch-7.tar DIR` "
+        "and pass pretrained=DIR; or give local copies (image.pretrained / text.pretrained = a path), "
+        "or pretrained=False for random weights"
+    )

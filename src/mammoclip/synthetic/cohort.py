@@ -28,6 +28,7 @@ import numpy as np
 
 from mammoclip.constants import DENSITIES, PAPER_IMAGE_SIZE
 from mammoclip.errors import ConfigError, DataError
+from mammoclip.progress import progress_bar
 from mammoclip.synthetic.acquisition import acquire, sample_profile, to_display, window
 from mammoclip.synthetic.anatomy import (
     build_view,
@@ -325,7 +326,7 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int = 0,
             DICOM; boxes in ``original`` space).
         workers: Worker processes (the output does not depend on it).
         overwrite: Replace a different cohort in ``out_dir`` (only the generator's own files).
-        progress: Show a progress bar (default: when stderr is a terminal).
+        progress: Progress (default: a bar on a terminal, bounded lines when stderr is a log; False: none).
         **options: Further :class:`CohortConfig` fields (``prevalence``, ``density_p``,
             ``typo_rate``, ``marker_rate``, ``split_fractions``, ``png_bits``, ``compression``).
 
@@ -340,7 +341,6 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int = 0,
         >>> manifest = generate_cohort("cohort", n_patients=20, image_size=(512, 304), seed=1)
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from mammoclip.data.manifest import Bundle, assign_patient_splits
 
@@ -355,7 +355,7 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int = 0,
         return out / "manifest.csv"
     out.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(total=n_patients, desc="synth", unit="patient", disable=None if progress is None else not progress)
+    bar = progress_bar(n_patients, "synth", "patient", enabled=progress)
     results: list[dict[str, Any]] = []
     if workers == 1:
         for i in range(n_patients):

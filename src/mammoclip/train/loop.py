@@ -15,8 +15,8 @@
 * ``best/`` kept consistent with the recorded score: the state names the step of the best epoch
   (``best_step``), and a resume rewrites ``best/`` from that step's checkpoint when a kill came
   between the two writes; temporary folders left by a killed write are removed on start;
-* a tqdm bar (loss, images/s, ETA), ``metrics.jsonl`` (+ TensorBoard when installed); rank 0 alone
-  writes.
+* a progress bar (loss, images/s, ETA; bounded lines when stderr is a log), ``metrics.jsonl``
+  (+ TensorBoard when installed); rank 0 alone writes.
 
 Run folder::
 
@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mammoclip.errors import CheckpointError
+from mammoclip.progress import progress_bar
 from mammoclip.train import distributed as D
 from mammoclip.train.config import LoopConfig, OptimConfig, write_run_config
 from mammoclip.train.gradcache import gradcache_backward
@@ -448,9 +449,8 @@ def _gather_objects(obj: Any, dist: D.DistInfo) -> list[Any]:
 def _bar(primary: bool, total: int, initial: int, desc: str) -> Any:
     if not primary:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=None, dynamic_ncols=True)
+    # A bar on a terminal; bounded progress lines (rate, ETA) when stderr goes to a log.
+    return progress_bar(total, desc, "step", initial=initial)
 
 
 def _train_step(
