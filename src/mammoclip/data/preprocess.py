@@ -65,6 +65,7 @@ from mammoclip.imaging.breast import (
 )
 from mammoclip.imaging.dicom import DEFAULT_LIMITS, DecodeLimits, check_file, decode_dicom, read_dicom
 from mammoclip.imaging.imageio import read_image, write_bytes_atomic, write_png
+from mammoclip.progress import progress_bar
 
 MODES: tuple[str, ...] = ("ours", "paper")
 WINDOW_CHOICES: tuple[str, ...] = ("voi", *WINDOWS)
@@ -601,7 +602,7 @@ def preprocess(
             small batches).
         shard: ``(i, N)``: only rows ``i, i+N, ...``; outputs get a ``.part-i`` suffix.
         adapter: Adapter name for a non-manifest source (detected when omitted).
-        progress: tqdm bar (``None``: only on a TTY).
+        progress: a bar on a terminal, bounded progress lines when stderr is a log (``False``: none).
         on_result: Called with each worker result (used by the benchmark).
         limits: Size and decompression budget checked on each header before decoding
             (``None``: unbounded); a file over it fails as ``TOO_LARGE``.
@@ -620,8 +621,6 @@ def preprocess(
         DataError: empty input, unreadable source, output folder not writable.
         ConfigError: negative ``workers``.
     """
-    from tqdm.auto import tqdm
-
     if workers < 0:
         raise ConfigError(f"workers must be >= 0 (0: one per core), got {workers}")
     options = options or PreprocessOptions()
@@ -647,7 +646,7 @@ def preprocess(
     rel_by_id = {t["image_id"]: t["rel"] for t in tasks}
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="img", disable=(not progress) if progress is not None else None)
+    bar = progress_bar(len(tasks), "preprocess", "img", enabled=progress)
 
     def collect(res: dict[str, Any]) -> None:
         results[res["image_id"]] = res
