@@ -95,9 +95,11 @@ def test_real_output_shape_and_dtype(real_images: list[tuple[Path, np.ndarray, D
         if resize == "pad":
             assert abs(record.scale_x - record.scale_y) < 0.02 * record.scale_x, path.name
             assert record.pad_left == 0 and out[:, :8].mean() > out[:, -8:].mean(), path.name
-    path, image, _ = real_images[2]  # a right breast: gets flipped
+    path, image, meta = real_images[2]  # a right breast: gets flipped
     out, record = process_image(path, options)
-    expected, expected_record = transform(image)
+    expected, expected_record = transform(image, patient_orientation=meta.patient_orientation,
+                                          laterality=meta.image_laterality)
+    assert record.orientation_source == "laterality" and not record.orientation_disagrees
     assert record == expected_record and record.flipped and (record.orig_height, record.orig_width) == (4560, 2864)
     np.testing.assert_array_equal(out, expected)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -36,12 +36,45 @@ from mammoclip.constants import PAPER_BORDER_CROP, PAPER_CROP_BAND, PAPER_CROP_T
 from mammoclip.errors import ConfigError
 
 #: Longest side of the downsampled copy used for segmentation (speed; ~10x fewer pixels than 1520).
+#: Every size below is a fraction of this copy (its longest side or its pixel count), never a pixel
+#: count: an image smaller than this is segmented at its own size and must behave the same.
 SEGMENT_MAX_SIDE: int = 512
 #: Opening/regrowth radius as a fraction of the downsampled longest side (cuts lines thinner than
 #: ~2 % of the image, e.g. film frame edges and label strokes touching the breast).
 SEGMENT_OPEN_FRACTION: float = 0.012
-#: Margin added around the breast box, fraction of the original size (keeps the skin line).
+#: Margin added around the breast box, fraction of the original size (keeps the skin line); it
+#: stops before a removed film artefact.
 CROP_MARGIN_FRACTION: float = 0.01
+#: Pixels of the segmentation copy within this fraction of the value range below its maximum are
+#: saturated (labels, lead markers, unexposed film: flat plateaus at the top of the range).
+SATURATION_TOLERANCE: float = 0.02
+#: The plateau is closed over this fraction of the copy's longest side before it is
+#: cut into blobs (2 pixels at 512): letters and the blur of the scan split a card's thin saturated frame.
+PLATEAU_CLOSE_FRACTION: float = 0.004
+#: Saturated blobs smaller than this share of the copy's pixels are ignored (4 pixels at 512x307):
+#: single bright pixels of tissue or noise.
+ARTEFACT_MIN_SHARE: float = 2.5e-5
+#: A saturated blob's holes (the dark letters of a marker or label card) are filled when they hold
+#: no more pixels than the blob itself or than this share of the copy (a breast is far larger).
+HOLE_FILL_SHARE: float = 0.05
+#: The blurred rim of a saturated blob, as a fraction of the copy's longest side (2 pixels at 512):
+#: removed with the blob; the ring judged for tissue lies just outside it, as wide again.
+ARTEFACT_RIM_FRACTION: float = 0.004
+#: A saturated blob stays (tissue) when at least this share of its outer ring is foreground.
+SATURATED_TISSUE_SHARE: float = 0.5
+#: Removed artefacts are left out of the threshold statistics from this share of the pixels on (the
+#: percentile stretch ignores the top 0.5 % anyway).
+STATS_ARTEFACT_SHARE: float = 0.005
+#: A straight line is a run of columns (rows) at least this full of foreground ...
+LINE_FILL: float = 0.75
+#: ... at most this fraction of the image side thick ...
+LINE_MAX_FRACTION: float = 0.02
+#: ... flanked by columns (rows) less full than this.
+LINE_FLANK: float = 0.3
+#: Safety net: when the breast found after removing film artefacts has less than this share of the
+#: pixels of the breast found without removing them, the removal is undone (a crop holding a
+#: marker is better than a crop cutting the breast).
+ARTEFACT_SAFETY_SHARE: float = 0.5
 
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
 FLIP_TARGETS: tuple[str, ...] = ("left", "none")
@@ -51,7 +84,12 @@ FLIP_TARGETS: tuple[str, ...] = ("left", "none")
 class TransformRecord:
     """Geometry applied to one image: original size, crop box, flip, scale, padding, final size.
 
-    Field names are the manifest's ``TRANSFORM_COLUMNS``. ``flipped`` mirrors the crop horizontally.
+    The geometric fields are the manifest's ``TRANSFORM_COLUMNS``. ``flipped`` mirrors the crop
+    horizontally. ``orientation_source`` says what decided the chest-wall side (see
+    :func:`chest_wall_from_header`): ``patient_orientation`` or ``laterality`` (the DICOM header) or
+    ``pixels`` (the segmentation's estimate); ``orientation_disagrees`` is set when a header decided
+    and the pixel estimate pointed the other way (worth a look: a mislabelled header or a breast that
+    fills the frame). Both have defaults, so records written before they existed still load.
     """
 
     orig_height: int
@@ -67,15 +105,28 @@ class TransformRecord:
     flipped: bool
     height: int
     width: int
+    orientation_source: str = "pixels"
+    orientation_disagrees: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TransformRecord:
-        """Rebuild a record from a manifest row (or any mapping with the column names)."""
+        """Rebuild a record from a manifest row (or any mapping with the column names).
+
+        Fields with a default (the orientation provenance) may be missing or empty: rows and
+        sidecars written before they existed load with the defaults.
+        """
         kw: dict[str, Any] = {}
         for f in fields(cls):
-            value = row[f.name]
-            if f.name == "flipped":
+            if f.default is not MISSING:
+                value = row.get(f.name) if hasattr(row, "get") else None
+                if value is None or (isinstance(value, str) and not value) or _is_nan(value):
+                    continue
+            else:
+                value = row[f.name]
+            if f.name in ("flipped", "orientation_disagrees"):
                 kw[f.name] = bool(int(value)) if not isinstance(value, str) else value.lower() in ("1", "true")
+            elif f.name == "orientation_source":
+                kw[f.name] = str(value)
             elif f.name.startswith("scale"):
                 kw[f.name] = float(value)
             else:
@@ -83,9 +134,10 @@ class TransformRecord:
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as manifest columns (``flipped`` as 0/1)."""
+        """The record as manifest columns (``flipped`` and ``orientation_disagrees`` as 0/1)."""
         d = asdict(self)
         d["flipped"] = int(self.flipped)
+        d["orientation_disagrees"] = int(self.orientation_disagrees)
         return d
 
     @property
@@ -183,6 +235,10 @@ class TransformRecord:
         out = np.full((self.orig_height, self.orig_width), fill, dtype=crop.dtype)
         out[self.crop_y0:self.crop_y1, self.crop_x0:self.crop_x1] = crop
         return out.astype(bool) if is_bool else out
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
 
 
 def _cv2_flag(name: str) -> Callable[[], int]:
@@ -313,11 +369,41 @@ class Segmentation:
     mask_small: np.ndarray  # (h, w) bool, the downsampled breast mask
 
 
-def _to_uint8(small: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(small, (0.5, 99.5))
+def _to_uint8(small: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Stretch the 0.5-99.5 percentiles to 0-255; the percentiles skip ``exclude`` (film artefacts).
+
+    Saturated labels and film edges can hold more than 0.5 % of the pixels: left in, they set the
+    upper percentile and squeeze the breast into a few grey levels, where Otsu then splits the
+    breast itself (before this, 5 % of the breast pixels of film-style images fell outside the crop).
+    """
+    # Without artefacts: every pixel, as always. With them, every other row and column suffice (the
+    # percentiles sort; this path runs once more per film image).
+    values = small if exclude is None or not exclude.any() else small[::2, ::2][exclude[::2, ::2] == 0]
+    if values.size == 0:
+        values = small
+    lo, hi = np.percentile(values, (0.5, 99.5))
     if hi <= lo:
         hi = lo + 1.0
-    return np.clip((small - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    out = small - lo  # float64 (``lo`` is): the same values as the one-line form, fewer temporaries
+    out *= 255.0 / (hi - lo)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+def _foreground(small: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """uint8 0/1 foreground: above half the Otsu threshold, both computed without ``exclude``.
+
+    Otsu splits background from dense tissue; the fatty skin edge sits between, so it is halved.
+    On a uint8 image ``u8 > t`` is ``u8 > floor(t)``, which is what ``cv2.threshold`` computes.
+    The ``exclude`` pixels themselves are thresholded like the rest (the caller decides about them).
+    """
+    import cv2
+
+    u8 = _to_uint8(small, exclude)
+    sample = u8 if exclude is None or not exclude.any() else u8[::2, ::2][exclude[::2, ::2] == 0].reshape(-1, 1)
+    thr, _ = cv2.threshold(sample, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    _, fg = cv2.threshold(u8, max(1.0, 0.5 * thr), 1, cv2.THRESH_BINARY)
+    return fg
 
 
 def _largest_component(binary: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -336,9 +422,233 @@ def _largest_component(binary: np.ndarray) -> tuple[np.ndarray, int] | None:
     return labels, 1 + int(np.argmax(areas[1:]))
 
 
+def _min_area(shape: tuple[int, ...]) -> int:
+    return max(1, round(ARTEFACT_MIN_SHARE * shape[0] * shape[1]))
+
+
+def saturated_plateau(small: np.ndarray) -> np.ndarray | None:
+    """uint8 0/1 mask of the pixels within :data:`SATURATION_TOLERANCE` of the maximum, or None
+    when they are too few to hold a blob of :data:`ARTEFACT_MIN_SHARE` (the cheap early exit that
+    keeps images without film artefacts on the old path: a min/max and one comparison)."""
+    import cv2
+
+    lo, hi, _, _ = cv2.minMaxLoc(small)
+    if hi <= lo:
+        return None
+    sat = (small >= hi - SATURATION_TOLERANCE * (hi - lo)).view(np.uint8)
+    return sat if cv2.countNonZero(sat) >= _min_area(small.shape) else None
+
+
+def saturated_artefacts(small: np.ndarray, fg: np.ndarray, plateau: np.ndarray | None = None) -> np.ndarray:
+    """Saturated blobs that stand in the background (labels, lead markers, bright film edges).
+
+    Burned-in labels, lead markers and unexposed film edges sit at the top of the value range, in
+    flat plateaus; breast tissue reaches it only in single pixels, a calcification or a bright strip
+    along the chest wall, and those are surrounded by tissue. So every plateau component
+    (:func:`saturated_plateau`) whose outline runs mostly through background (less than
+    :data:`SATURATED_TISSUE_SHARE` of its outer ring is tissue) is an artefact, even when it touches
+    the breast along one side. Holes (the dark letters of a marker or label card) are filled first
+    when they are no larger than the blob or :data:`HOLE_FILL_SHARE` of the image: they belong to
+    it, and their pixels must not count as its ring. Every size is relative to the copy's size.
+
+    Args:
+        small: The segmentation copy (float).
+        fg: uint8 0/1 tissue to judge the rings by: the foreground, thresholded without the
+            plateau when that is a notable share of the pixels (see :func:`segment_breast`).
+        plateau: :func:`saturated_plateau` of ``small`` when the caller has it.
+
+    Returns:
+        uint8 0/1 mask of the artefacts, grown by their blurred rim (:data:`ARTEFACT_RIM_FRACTION`).
+    """
+    import cv2
+
+    out = np.zeros(small.shape, np.uint8)
+    sat = saturated_plateau(small) if plateau is None else plateau
+    if sat is None:
+        return out
+    longest = max(small.shape)
+    c = round(PLATEAU_CLOSE_FRACTION * longest)
+    r = max(1, round(ARTEFACT_RIM_FRACTION * longest))
+    # Work in the plateau's box, grown by the reach of the closing, the ring and the rim: the same
+    # result as on the whole copy, at a fraction of the cost (a marker covers < 1 % of the image).
+    bx, by, bw, bh = cv2.boundingRect(sat)
+    pad = c + 5 * r + 1
+    win = (slice(max(0, by - pad), by + bh + pad), slice(max(0, bx - pad), bx + bw + pad))
+    sat, fg = sat[win], fg[win]
+    # Early exit: a blob whose ring is mostly background has background within the ring's reach.
+    ring_kernel = np.ones((4 * r + 1, 4 * r + 1), np.uint8)
+    if not cv2.countNonZero(cv2.bitwise_and(sat, cv2.dilate(1 - fg, ring_kernel))):
+        return out
+    if c > 0:  # one blob per card or marker, however its letters cut its saturated part
+        sat = cv2.morphologyEx(sat, cv2.MORPH_CLOSE, np.ones((2 * c + 1, 2 * c + 1), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(sat, connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    big = np.flatnonzero(areas[1:] >= _min_area(small.shape)) + 1
+    if not 0 < big.size < 65536:
+        return out
+    relabel = np.zeros(n, np.uint16)  # blobs 1..m (dilate needs 16 bits), the rest is background
+    relabel[big] = np.arange(1, big.size + 1)
+    blobs = relabel[labels]
+    hole_limit = HOLE_FILL_SHARE * small.size
+    for k, j in enumerate(big, start=1):
+        x, y, w, h = (int(v) for v in stats[j, :4])
+        if w < 3 or h < 3:  # nothing to enclose
+            continue
+        sub = blobs[y:y + h, x:x + w]
+        own = (sub == k).view(np.uint8)
+        contours, _ = cv2.findContours(own, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        filled = cv2.drawContours(np.zeros_like(own), contours, -1, 1, cv2.FILLED)
+        holes = (filled > 0) & (sub == 0)
+        if int(holes.sum()) <= max(int(areas[j]), hole_limit):
+            sub[holes] = k
+    rim_kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    rim = cv2.dilate(blobs, rim_kernel)  # the blurred edge: bright, but not saturated
+    near = cv2.dilate(blobs, ring_kernel)  # ring pixels carry a neighbouring blob's label
+    ring = (near > 0) & (rim == 0)
+    owner = near[ring]
+    m = big.size + 1
+    tissue = np.bincount(owner, weights=fg[ring], minlength=m)
+    outline = np.bincount(owner, minlength=m)
+    drop = (outline > 0) & (tissue < SATURATED_TISSUE_SHARE * outline)
+    drop[0] = False
+    if drop.any():
+        out[win] = cv2.dilate(drop[blobs].view(np.uint8), rim_kernel)
+    return out
+
+
+def straight_lines(fg: np.ndarray) -> np.ndarray:
+    """Thin straight bands running the length of the image (scanner strips, thin film edges).
+
+    A digitizer leaves lines of constant offset across the whole film, and film edges are strips
+    along a border: in the column (row) profile of the foreground they are a few columns (rows)
+    almost entirely foreground, flanked by columns (rows) that are mostly background. The breast
+    is never that: its columns fill gradually from the nipple to the chest wall, and at the chest
+    wall the image border, not background, flanks it (a run at the border counts only with
+    background on its inner side). Anything wider than :data:`LINE_MAX_FRACTION` of the side is
+    left to the other steps.
+
+    Returns:
+        uint8 0/1 mask of the line pixels (whole columns and rows).
+    """
+    import cv2
+
+    out = np.zeros_like(fg)
+    for axis in (0, 1):  # axis 0: column profile (vertical lines)
+        sums = cv2.reduce(fg, axis, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+        profile = sums / fg.shape[axis]
+        full = profile >= LINE_FILL
+        if not full.any():
+            continue
+        size = profile.size
+        widest = max(1, round(LINE_MAX_FRACTION * size))
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], full.view(np.int8), [0]))))
+        for start, stop in zip(edges[::2], edges[1::2]):
+            if stop - start > widest:
+                continue
+            before = profile[start - 1] if start > 0 else None
+            after = profile[stop] if stop < size else None
+            flanks = [v for v in (before, after) if v is not None]
+            if flanks and all(v < LINE_FLANK for v in flanks):
+                if axis == 0:
+                    out[:, start:stop] = 1
+                else:
+                    out[start:stop, :] = 1
+    return out
+
+
+def _regrow(core: np.ndarray, fg: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Grow the opened breast back by the opening radius inside ``fg``, keeping only connected pixels.
+
+    The opening rounds the skin line, the nipple and the corners where the breast meets the chest
+    wall; growing back restores them. A plain ``dilate & fg`` also takes in anything within the
+    radius across background (a label 1-2 % of the width from the breast); keeping only what
+    connects to the breast leaves those out.
+    """
+    import cv2
+
+    grown = cv2.bitwise_and(cv2.dilate(core, kernel), fg)
+    n, labels = cv2.connectedComponents(grown, connectivity=8)
+    if n <= 2:
+        return grown
+    # ``core`` is one connected component inside ``grown``: any of its pixels names the one to keep.
+    label = labels.flat[int(np.argmax(core))]
+    return (labels == label).view(np.uint8)
+
+
+def _breast_mask(fg: np.ndarray, kernel: np.ndarray, connected: bool) -> np.ndarray | None:
+    """Open, take the largest component, grow it back inside ``fg`` (None: no foreground at all).
+
+    ``connected`` keeps only regrown pixels connected to the breast (:func:`_regrow`); without it
+    the regrowth is the plain ``dilate & fg`` of the segmentation before film artefacts were handled.
+    """
+    import cv2
+
+    core = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
+    largest = _largest_component(core)
+    if largest is None:
+        largest = _largest_component(fg)
+    if largest is None:
+        return None
+    labels, label = largest
+    comp = (labels == label).view(np.uint8)  # (sh, sw) uint8 0/1 (bool bytes, no copy)
+    if connected:
+        return _regrow(comp, fg, kernel)
+    return cv2.bitwise_and(cv2.dilate(comp, kernel), fg)
+
+
+def _clamped_box(mask: np.ndarray, stop: np.ndarray | None, f: float, shape: tuple[int, int],
+                 margin: float) -> tuple[int, int, int, int]:
+    """The mask's box in original pixels, plus the margin, but never reaching into ``stop``.
+
+    The margin keeps the skin line; it must not take in an artefact 0.4-1 % of the width away
+    from the breast. On each side the margin ends before the first ``stop`` pixel (within the
+    margin band, next to the box) and never cuts into the mask's own box.
+    """
+    import cv2
+
+    h, w = shape
+    bx, by, bw, bh = cv2.boundingRect(mask)
+    mx, my = margin * w, margin * h
+    inner = (int(np.floor(bx / f)), int(np.floor(by / f)), int(np.ceil((bx + bw) / f)), int(np.ceil((by + bh) / f)))
+    x0, y0 = max(0, int(np.floor(bx / f - mx))), max(0, int(np.floor(by / f - my)))
+    x1, y1 = min(w, int(np.ceil((bx + bw) / f + mx))), min(h, int(np.ceil((by + bh) / f + my)))
+    if stop is None or not stop.any():
+        return x0, y0, x1, y1
+    sh, sw = stop.shape
+    # Bands in small pixels beside each side of the box, as wide as the margin (+1 for rounding).
+    ax0, ay0 = max(0, int(np.floor(x0 * f))), max(0, int(np.floor(y0 * f)))
+    ax1, ay1 = min(sw, int(np.ceil(x1 * f))), min(sh, int(np.ceil(y1 * f)))
+    cols: np.ndarray = np.asarray(stop[ay0:ay1].any(axis=0))
+    rows: np.ndarray = np.asarray(stop[:, ax0:ax1].any(axis=1))
+    right = np.flatnonzero(cols[bx + bw:ax1])
+    if right.size:
+        x1 = max(inner[2], min(x1, int(np.floor((bx + bw + right[0]) / f))))
+    left = np.flatnonzero(cols[ax0:bx][::-1])
+    if left.size:
+        x0 = min(inner[0], max(x0, int(np.ceil((bx - left[0]) / f))))
+    below = np.flatnonzero(rows[by + bh:ay1])
+    if below.size:
+        y1 = max(inner[3], min(y1, int(np.floor((by + bh + below[0]) / f))))
+    above = np.flatnonzero(rows[ay0:by][::-1])
+    if above.size:
+        y0 = min(inner[1], max(y0, int(np.ceil((by - above[0]) / f))))
+    return x0, y0, x1, y1
+
+
 def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
                    margin: float = CROP_MARGIN_FRACTION, lut: np.ndarray | None = None) -> Segmentation:
-    """Find the breast: Otsu threshold + opening + largest component + regrowth, on a small copy.
+    """Find the breast on a small copy: threshold, drop film artefacts, open, largest component, regrow.
+
+    The steps, each a function: :func:`_foreground` (Otsu, halved); :func:`saturated_artefacts`
+    (saturated blobs in the background: labels, markers, bright film edges) are removed, with the
+    threshold recomputed without the saturated plateau when that is a notable share of the pixels;
+    :func:`straight_lines` (scanner strips, thin film edges) are removed; an opening cuts thin
+    structures (label strokes) off the breast; the largest component is grown back connected
+    (:func:`_regrow`); the box gets a margin that stops before any removed artefact
+    (:func:`_clamped_box`). Safety net: when the breast so found has less than
+    :data:`ARTEFACT_SAFETY_SHARE` of the pixels of the breast found without removing anything, the
+    removal is undone. An image without film artefacts (a detector image) takes the path it took
+    before these steps existed, plain regrowth included: the same box, at a few checks' cost.
 
     Args:
         image: ``(H, W)`` image, bright = dense (MONOCHROME1 already inverted), any dtype.
@@ -361,37 +671,95 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
     stride = max(1, int(1 / (2 * f)))
     sub = image[::stride, ::stride]
     small = resize_area(map_codes(sub, lut), sw, sh)
-    u8 = _to_uint8(small)
-    thr, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    # Otsu splits background from dense tissue; the fatty skin edge sits between, so lower it.
-    # Every mask below is uint8 0/1 (cv2 works on it in place of numpy bool temporaries); on a
-    # uint8 image ``u8 > t`` is ``u8 > floor(t)``, which is what cv2.threshold computes.
-    _, fg = cv2.threshold(u8, max(1.0, 0.5 * thr), 1, cv2.THRESH_BINARY)
+    # Every mask below is uint8 0/1 (cv2 works on it in place of numpy bool temporaries).
+    fg0 = _foreground(small)
+    fg, artefacts = fg0, None
+    sat = saturated_plateau(small)
+    if sat is not None:
+        notable = STATS_ARTEFACT_SHARE * sat.size
+        # Large saturated areas squeeze the rest of the range: judge the rings by a threshold without them.
+        fg_sat = _foreground(small, sat) if cv2.countNonZero(sat) >= notable else fg0
+        found = saturated_artefacts(small, fg_sat, sat)
+        if found.any():
+            # The statistics change only when the artefacts are a notable share of the pixels, so
+            # crops of images with a small marker do not move. Saturated tissue stays foreground.
+            fg = cv2.bitwise_or(fg_sat, sat) if cv2.countNonZero(found) >= notable else fg0.copy()
+            fg[found > 0] = 0
+            artefacts = found
+    lines = straight_lines(fg)
+    if lines.any():
+        fg = fg.copy() if fg is fg0 else fg
+        fg[lines > 0] = 0
+        artefacts = lines if artefacts is None else artefacts | lines
     r = max(1, round(SEGMENT_OPEN_FRACTION * max(sh, sw)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    core = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
-    largest = _largest_component(core)
-    if largest is None:
-        core = fg
-        largest = _largest_component(core)
-    if largest is None:
+    mask = _breast_mask(fg, kernel, connected=artefacts is not None)
+    if artefacts is not None:
+        area = 0 if mask is None else cv2.countNonZero(mask)
+        if area < ARTEFACT_SAFETY_SHARE * cv2.countNonZero(fg0):  # cheap bound first
+            before = _breast_mask(fg0, kernel, connected=False)
+            if before is not None and area < ARTEFACT_SAFETY_SHARE * cv2.countNonZero(before):
+                mask, artefacts = before, None
+    if mask is None:
         return Segmentation(0, 0, w, h, "left", np.ones((sh, sw), dtype=bool))
-    labels, label = largest
-    comp = (labels == label).view(np.uint8)  # (sh, sw) uint8 0/1 (bool bytes, no copy)
-    mask = cv2.bitwise_and(cv2.dilate(comp, kernel), fg)  # (sh, sw) uint8 0/1
-    bx, by, bw, bh = cv2.boundingRect(mask)  # box of the nonzero pixels, exclusive end = bx + bw
-    # Back to original pixels (each small pixel covers 1/f original pixels), plus the margin.
-    mx, my = margin * w, margin * h
-    x0 = max(0, int(np.floor(bx / f - mx)))
-    x1 = min(w, int(np.ceil((bx + bw) / f + mx)))
-    y0 = max(0, int(np.floor(by / f - my)))
-    y1 = min(h, int(np.ceil((by + bh) / f + my)))
+    x0, y0, x1, y1 = _clamped_box(mask, artefacts, f, (h, w), margin)
     half = sw // 2
     left_area = cv2.countNonZero(mask[:, :half]) if half else 0
     right_area = cv2.countNonZero(mask[:, sw - half:]) if half else 0
     side = "left" if left_area >= right_area else "right"
     mask = mask.view(bool)  # 0/1 bytes are valid bools: no copy
     return Segmentation(x0, y0, x1, y1, side, mask)
+
+
+#: What can decide the chest-wall side, most trusted first (see :func:`chest_wall_from_header`).
+ORIENTATION_SOURCES: tuple[str, ...] = ("patient_orientation", "laterality", "pixels")
+#: ImageLaterality -> chest-wall side of an image stored as it is hung (right breast on the viewer's
+#: left, chest walls back to back in the middle): the layout of MG "for presentation" images.
+_LATERALITY_CHEST_WALL: dict[str, str] = {"L": "left", "R": "right"}
+
+
+def _orientation_values(patient_orientation: Any) -> list[str]:
+    """PatientOrientation as a list of upper-case values (pydicom MultiValue, list, or ``"A\\R"``)."""
+    if patient_orientation is None:
+        return []
+    if isinstance(patient_orientation, str):
+        return [v.strip().upper() for v in patient_orientation.split("\\")]
+    return [str(v).strip().upper() for v in patient_orientation]
+
+
+def chest_wall_from_header(patient_orientation: Any = None, laterality: str | None = None
+                           ) -> tuple[str | None, str]:
+    """The chest-wall side (``left``/``right``) the DICOM header states, and which field said so.
+
+    PatientOrientation (0020,0020) holds two values: the patient direction of the rows (the way the
+    column index grows, left to right on screen) and of the columns (top to bottom). In a
+    mammogram the rows run from the chest wall to the nipple or back, so the first value says it:
+
+    * ``A`` (anterior) in the first value: going right moves toward the nipple, so the chest wall is
+      on the **left**. Left CC ``["A", "R"]``, left MLO ``["A", "FR"]``; also a right breast
+      stored mirrored, ``["A", "L"]``.
+    * ``P`` (posterior): going right moves toward the chest wall, which is on the **right**. Right
+      CC ``["P", "L"]``, right MLO ``["P", "FL"]``.
+
+    The second value (``R``/``L``/``F``/``H``...) only says which way is up and is not needed. A
+    value without exactly one of ``A``/``P`` in the first entry (absent, empty, or a view name such
+    as the CBIS-DDSM files' ``"CC"``) says nothing. Then ImageLaterality decides with the hanging
+    layout (``L``: chest wall left, ``R``: right), which holds for images stored as they are read;
+    without either, the caller falls back on the pixels.
+
+    Returns:
+        ``(side, source)`` with ``source`` one of :data:`ORIENTATION_SOURCES`; ``(None, "pixels")``
+        when the header says nothing.
+    """
+    values = _orientation_values(patient_orientation)
+    if len(values) == 2:
+        row = values[0]
+        if ("A" in row) != ("P" in row):
+            return ("left" if "A" in row else "right"), "patient_orientation"
+    side = _LATERALITY_CHEST_WALL.get(str(laterality or "").strip().upper())
+    if side is not None:
+        return side, "laterality"
+    return None, "pixels"
 
 
 def plan_transform(
@@ -402,6 +770,8 @@ def plan_transform(
     resize: str = "stretch",
     flip: bool = False,
     anchor: str = "left",
+    orientation_source: str = "pixels",
+    orientation_disagrees: bool = False,
 ) -> TransformRecord:
     """Compute the record for a crop, an optional flip and a resize to ``size`` = (H, W).
 
@@ -411,9 +781,13 @@ def plan_transform(
         resize: ``stretch`` (aspect not kept, as in the paper) or ``pad`` (aspect kept, zero padding).
         flip: Mirror the crop horizontally.
         anchor: With ``pad``, the side the image is placed against (the chest wall after the flip).
+        orientation_source, orientation_disagrees: Provenance of the chest-wall side, stored in the
+            record (see :class:`TransformRecord`).
     """
     if resize not in RESIZE_MODES:
         raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if orientation_source not in ORIENTATION_SOURCES:
+        raise ConfigError(f"orientation_source must be one of {ORIENTATION_SOURCES}, got {orientation_source!r}")
     x0, y0, x1, y1 = (int(v) for v in crop)
     cw, ch = x1 - x0, y1 - y0
     if cw <= 0 or ch <= 0:
@@ -431,6 +805,7 @@ def plan_transform(
         crop_x0=x0, crop_y0=y0, crop_x1=x1, crop_y1=y1,
         scale_x=nw / cw, scale_y=nh / ch, pad_left=pad_left, pad_top=pad_top,
         flipped=bool(flip), height=out_h, width=out_w,
+        orientation_source=orientation_source, orientation_disagrees=bool(orientation_disagrees),
     )
 
 
@@ -524,18 +899,29 @@ class BreastPreprocess:
         if self.bits not in (8, 16):
             raise ConfigError(f"bits must be 8 or 16, got {self.bits}")
 
-    def plan(self, image: np.ndarray, *, lut: np.ndarray | None = None) -> tuple[TransformRecord, Segmentation]:
-        """Segment the image and compute its record without touching the pixels."""
+    def plan(self, image: np.ndarray, *, lut: np.ndarray | None = None, patient_orientation: Any = None,
+             laterality: str | None = None) -> tuple[TransformRecord, Segmentation]:
+        """Segment the image and compute its record without touching the pixels.
+
+        The chest-wall side comes from the header when it states one (:func:`chest_wall_from_header`:
+        PatientOrientation, then ImageLaterality); the pixel estimate is the fallback, and otherwise
+        a cross-check whose disagreement the record keeps.
+        """
         seg = segment_breast(image, lut=lut)
-        flip = self.flip_to == "left" and seg.chest_wall == "right"
-        anchor = "left" if (seg.chest_wall == "left") != flip else "right"
+        side, source = chest_wall_from_header(patient_orientation, laterality)
+        chest_wall = side or seg.chest_wall
+        flip = self.flip_to == "left" and chest_wall == "right"
+        anchor = "left" if (chest_wall == "left") != flip else "right"
         record = plan_transform(image.shape, (seg.x0, seg.y0, seg.x1, seg.y1), self.size,
-                                resize=self.resize, flip=flip, anchor=anchor)
+                                resize=self.resize, flip=flip, anchor=anchor, orientation_source=source,
+                                orientation_disagrees=chest_wall != seg.chest_wall)
         return record, seg
 
     def __call__(self, image: np.ndarray, window_range: tuple[float, float] | None = None, *,
-                 lut: np.ndarray | None = None) -> tuple[np.ndarray, TransformRecord]:
-        record, _ = self.plan(image, lut=lut)
+                 lut: np.ndarray | None = None, patient_orientation: Any = None,
+                 laterality: str | None = None) -> tuple[np.ndarray, TransformRecord]:
+        """Plan (see :meth:`plan`) and render; the header fields are optional."""
+        record, _ = self.plan(image, lut=lut, patient_orientation=patient_orientation, laterality=laterality)
         return self.render(image, record, window_range, lut=lut), record
 
     def render(self, image: np.ndarray, record: TransformRecord, window_range: tuple[float, float] | None = None,
