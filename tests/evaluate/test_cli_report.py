@@ -29,6 +29,9 @@ def test_report_command_compares_runs(tmp_path: Path) -> None:
 def test_bad_options_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    for folder in ("x", "m"):  # paths that exist, so the command gets past its path checks to the option under test
+        (tmp_path / folder).mkdir()
+    (tmp_path / "m" / "manifest.csv").write_text("")
     try:
         code = main(argv)
     except SystemExit as exit_:  # option types (cli/_options.py) fail while argparse parses

@@ -277,9 +277,177 @@ def load_manifest(args: argparse.Namespace) -> Any:
     return load_bundle(args.manifest)
 
 
-def print_summary(results: dict[str, Any], out: str | None) -> None:
-    """One JSON line of headline numbers (and where the run directory is)."""
+
+
+# ------------------------------------------------------------------ run folders and pre-flight ---
+
+#: Folder (relative to the working directory) that holds the default run folders.
+RUNS_DIR = "runs"
+#: Name of the manifest inside a folder given as ``--manifest`` (``mammoclip.data.manifest.MANIFEST_FILE``,
+#: repeated here because importing that module imports pandas; tests/cli/test_hints.py checks they agree).
+MANIFEST_NAME = "manifest.csv"
+
+
+def default_run_dir(command: str) -> str:
+    """``runs/<command>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when two runs start in the same second)."""
+    import time
+    from pathlib import Path
+
+    base = Path(RUNS_DIR) / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return str(folder)
+
+
+def add_out_arg(parser: argparse.ArgumentParser, *, what: str = "run folder", file: str | None = None) -> None:
+    """``--out``, optional: an evaluation run lands in ``runs/<command>-<timestamp>`` by default.
+
+    Args:
+        parser: The command's parser.
+        what: What ``--out`` names, for the help text.
+        file: The file name inside the default run folder when ``--out`` names a file.
+    """
+    default = f"{RUNS_DIR}/{parser.prog.split()[-1]}-YYYYmmdd-HHMMSS" + (f"/{file}" if file else "")
+    parser.add_argument("--out", default=None, help=f"{what} (default: {default}, printed at the end)")
+    parser.set_defaults(out_file=file)
+
+
+def resolve_out(args: argparse.Namespace) -> str:
+    """Fill in ``args.out`` when it was not given (see :func:`add_out_arg`); returns it."""
+    if not args.out:
+        folder = default_run_dir(str(args.command))
+        file = getattr(args, "out_file", None)
+        args.out = f"{folder}/{file}" if file else folder
+    return str(args.out)
+
+
+def _registered_model_names() -> set[str]:
+    """The registry's model names, read from its JSON files without importing the model package
+    (``mammoclip.models`` imports torch and timm: seconds, where this check must take milliseconds)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mammoclip.models")
+    names: set[str] = set()
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(Path(location, "model_configs").glob("*.json")):
+            try:
+                names.add(str(json.loads(path.read_text(encoding="utf-8")).get("name", path.stem)))
+            except (OSError, ValueError):
+                names.add(path.stem)
+    return names
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail in milliseconds on a missing ``--manifest`` or an unknown ``--checkpoint``.
+
+    Called by the evaluation commands before they import torch, pandas or the model code, which takes
+    seconds (tens of seconds on a loaded machine): a typo in a path must not cost that wait.
+
+    Raises:
+        ConfigError: naming the option, the value and what was expected.
+    """
+    from pathlib import Path
+
+    manifest = getattr(args, "manifest", None)
+    if manifest is not None:
+        path = Path(manifest)
+        if not path.exists():
+            raise ConfigError(f"--manifest {manifest}: no such file or folder")
+        if path.is_dir() and not (path / MANIFEST_NAME).is_file():
+            raise ConfigError(f"--manifest {manifest}: the folder has no {MANIFEST_NAME} "
+                              "(build one with `mammoclip manifest build SOURCE --out DIR`)")
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and not Path(checkpoint).exists():
+        names = _registered_model_names()
+        if str(checkpoint) not in names:
+            raise ConfigError(f"--checkpoint {checkpoint}: neither a checkpoint folder or file nor a registered "
+                              f"model (registered: {', '.join(sorted(names))}; see `mammoclip models list`)")
+
+
+# ------------------------------------------------------------------------------------ summary ---
+
+
+def split_counts(bundle: Any, task: str | None, split: str) -> dict[str, Any]:
+    """What a run scored: images, patients and breasts of ``split`` (``all``: every row), and for a
+    task, the images that carry its label and how many of them fall in each class."""
+    from mammoclip.data.manifest import breast_key
+
+    images = bundle.images if split == "all" else bundle.images[bundle.images["split"] == split]
+    counts: dict[str, Any] = {"split": split}
+    if task is not None:
+        from mammoclip.evaluate.tasks import get_task, task_labels
+
+        spec = get_task(task)
+        if spec.column in images.columns and images[spec.column].notna().any():
+            labels = task_labels(images, spec)
+            images = images[labels >= 0]
+            counts["per_class"] = {name: int((labels == i).sum()) for i, name in enumerate(spec.class_names)}
+            counts["binary"] = spec.binary
+    counts.update(n_images=int(len(images)), n_patients=int(images["patient_id"].nunique()),
+                  n_breasts=int(breast_key(images).nunique()) if len(images) else 0)
+    return counts
+
+
+def _metric_lines(metrics: dict[str, Any]) -> list[str]:
+    """``  image  auc 0.712 (95% CI 0.601-0.815)`` for each level's headline metrics."""
+    lines = []
+    for level, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        plain = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        if plain:  # point estimates (Recall@K): no interval is computed for them
+            lines.append(f"  {level:<18} " + ", ".join(f"{k} {float(v):.3f}" for k, v in plain.items()) + " (no CI)")
+        for name in ("auc", "accuracy", "balanced_accuracy"):
+            est = values.get(name)
+            if not isinstance(est, dict) or est.get("value") is None:
+                continue
+            value = float(est["value"])
+            low, high = est.get("ci_low"), est.get("ci_high")
+            ci = (f"95% CI {float(low):.3f}-{float(high):.3f}, patient bootstrap"
+                  if low is not None and high is not None and math.isfinite(float(low)) else "no CI (--n-boot 0 "
+                  "or too few patients)")
+            lines.append(f"  {level:<18} {name} {value:.3f} ({ci})" if math.isfinite(value)
+                         else f"  {level:<18} {name} undefined (a single class)")
+    return lines
+
+
+def print_summary(results: dict[str, Any], out: str | None, *, counts: dict[str, Any] | None = None,
+                  split_note: str = "") -> None:
+    """What was scored and how well, for a person, then one JSON line of headline numbers for scripts.
+
+    Args:
+        results: The run's results dict (``metrics``, ``summary``, ``notes``).
+        out: The run folder (or file), printed last.
+        counts: From :func:`split_counts`: the n behind the numbers.
+        split_note: How the split was used, e.g. "fitted on train, selected on val".
+    """
     line = dict(results.get("summary", {}))
+    if counts is not None:
+        what = f"{results.get('kind', 'run')}"
+        if results.get("task") and results.get("kind") != "retrieval":
+            what += f" {results['task']}"
+        split = counts["split"]
+        parts = [f"{counts['n_images']} images", f"{counts['n_patients']} patients", f"{counts['n_breasts']} breasts"]
+        per_class = counts.get("per_class")
+        if per_class:
+            if counts.get("binary"):
+                parts.append(f"{list(per_class.values())[1]} positive images")
+            else:
+                parts.append("per class " + ", ".join(f"{k} {v}" for k, v in per_class.items()))
+        where = "every split" if split == "all" else f"split {split!r}"
+        print(f"{what} on {where}{f' ({split_note})' if split_note else ''}: " + ", ".join(parts))
+        line.update({k: counts[k] for k in ("split", "n_images", "n_patients", "n_breasts")})
+        if per_class:
+            line["n_per_class"] = per_class
+    for text in _metric_lines(results.get("metrics", {})):
+        print(text)
+    for note in results.get("notes", []):
+        print(f"note: {note}")
     if out:
         line["out"] = str(out)
     print(json.dumps(line))
+    if out:
+        print(f"results -> {out}")

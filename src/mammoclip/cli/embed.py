@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from mammoclip.cli._options import add_model_args, load_manifest, load_model, positive_int
+from mammoclip.cli._options import (
+    add_model_args,
+    add_out_arg,
+    check_inputs,
+    load_manifest,
+    load_model,
+    positive_int,
+    resolve_out,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--what", default="both", choices=("both", "images", "texts"), help="which embeddings")
     p.add_argument("--split", default="all", help="train|val|test|all (images)")
-    p.add_argument("--out", required=True, help="output file (.parquet, .npz or .csv)")
+    add_out_arg(p, what="output file (.parquet, .npz or .csv)", file="embeddings.parquet")
     p.set_defaults(func=_embed)
 
     n = subparsers.add_parser("neighbors", help="top-k most similar images/reports to a query image or text")
@@ -29,8 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    check_inputs(args)  # before the imports below, which take seconds
     from mammoclip.embed import export_embeddings
 
+    resolve_out(args)
     out = export_embeddings(load_model(args), load_manifest(args), args.out, images=args.what in ("both", "images"),
                             texts=args.what in ("both", "texts"), split=args.split, batch_size=args.batch_size,
                             num_workers=args.workers, allow_resize=args.allow_resize,

@@ -6,14 +6,18 @@ import argparse
 
 from mammoclip.cli._options import (
     add_model_args,
+    add_out_arg,
     add_selection_args,
     add_sweep_args,
+    check_inputs,
     dropout_rate,
     load_manifest,
     non_negative_float,
     positive_float,
     positive_int,
     print_summary,
+    resolve_out,
+    split_counts,
     sweep_kwargs,
 )
 
@@ -32,19 +36,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="training precision")
     p.add_argument("--max-steps", type=positive_int, default=None, help="cap on optimizer steps per fit")
     add_selection_args(p, val_fraction_help="share of training patients for epoch selection")
-    p.add_argument("--out", required=True, help="run directory")
+    add_out_arg(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_inputs(args)  # before the imports below, which take seconds
     from mammoclip.evaluate.probe import init_factory
     from mammoclip.train.finetune import FinetuneConfig, run_finetune
 
+    resolve_out(args)
     sweep = sweep_kwargs(args)
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          balancing=args.balancing, dropout=args.dropout, val_fraction=args.val_fraction,
                          precision=args.precision, workers=args.workers, max_steps=args.max_steps,
                          device=args.device or "auto")
-    results = run_finetune(init_factory(args.checkpoint), load_manifest(args), args.task, **sweep, cfg=cfg)
-    print_summary(results, args.out)
+    bundle = load_manifest(args)
+    results = run_finetune(init_factory(args.checkpoint), bundle, args.task, **sweep, cfg=cfg)
+    print_summary(results, args.out, counts=split_counts(bundle, args.task, "test"),
+                  split_note="fitted on train, epoch selected on held-out train patients")
     return 0

@@ -1,6 +1,7 @@
 """``mammoclip models``: list the registered model configs and show one.
 
-* ``mammoclip models list`` prints a table: name, image tower, text tower, input size, embedding size.
+* ``mammoclip models list`` prints a table: name, image tower, text tower, input size, embedding size,
+  and whether the weights ``pretrained=True`` loads are on this machine (no network is used to tell).
 * ``mammoclip models show NAME|CHECKPOINT_DIR [--params]`` prints a config as JSON (a checkpoint's
   ``config.json`` for a folder); ``--params`` builds the model with random weights and counts parameters.
 """
@@ -35,21 +36,26 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from mammoclip.models import get_model_config, list_models
+    from mammoclip.models.pretrained import model_availability
 
     names = list_models()
     if args.json:
         print(json.dumps(names))
         return 0
-    rows = [("name", "image tower", "text tower", "input HxW", "embed", "description")]
+    rows = [("name", "image tower", "text tower", "input HxW", "embed", "weights here", "description")]
     for name in names:
         cfg = get_model_config(name)
         h, w = cfg.get("preprocess", {}).get("image_size", (1520, 912))
         text = cfg["text"].get("pretrained") or f"random {cfg['text']['hf_config'].get('model_type', 'bert')}"
         rows.append((name, cfg["image"]["model_name"], text, f"{h}x{w}", str(cfg.get("embed_dim", 512)),
-                     cfg.get("description", "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+                     model_availability(cfg), cfg.get("description", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for row in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:5])) + "  " + row[5])
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:6])) + "  " + row[6])
+    print("\nweights here: the tower initialisations pretrained=True loads (packaged: shipped in an installed "
+          "package; local: a path that exists; hub cache: downloaded before; download needed: fetched from the "
+          "hub on first use; random init: none). The paper's Mammo-CLIP weights come from "
+          "`mammoclip convert-official`.")
     return 0
 
 

@@ -6,10 +6,14 @@ import argparse
 
 from mammoclip.cli._options import (
     add_model_args,
+    add_out_arg,
     add_selection_args,
     add_sweep_args,
+    check_inputs,
     load_manifest,
     print_summary,
+    resolve_out,
+    split_counts,
     sweep_kwargs,
 )
 
@@ -22,22 +26,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default="pooled", choices=("pooled", "projected"), help="which features to probe")
     add_selection_args(p, val_fraction_help="share of training patients held out for selection")
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
-    p.add_argument("--out", required=True, help="run directory")
+    add_out_arg(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_inputs(args)  # before the imports below, which take seconds
     import torch
 
     from mammoclip.evaluate.probe import init_factory, run_probe
 
+    resolve_out(args)
     sweep = sweep_kwargs(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     base = init_factory(args.checkpoint)
+    bundle = load_manifest(args)
     results = run_probe(
-        lambda init: base(init).to(device), load_manifest(args), args.task, **sweep,
+        lambda init: base(init).to(device), bundle, args.task, **sweep,
         val_fraction=args.val_fraction, feature_kind=args.features, cache_dir=args.cache,
         batch_size=args.batch_size, num_workers=args.workers, progress=True,
     )
-    print_summary(results, args.out)
+    print_summary(results, args.out, counts=split_counts(bundle, args.task, "test"),
+                  split_note="heads fitted on train, C selected on held-out train patients")
     return 0

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from mammoclip.cli._options import add_model_args, load_manifest, load_model, positive_int_list, print_summary
+from mammoclip.cli._options import (
+    add_model_args,
+    add_out_arg,
+    check_inputs,
+    load_manifest,
+    load_model,
+    positive_int_list,
+    print_summary,
+    resolve_out,
+    split_counts,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,16 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--split", default="test", help="train|val|test|all")
     p.add_argument("--ks", type=positive_int_list, default="1,5,10", help="comma-separated K values (each >= 1)")
-    p.add_argument("--out", required=True, help="run directory")
+    add_out_arg(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_inputs(args)  # before the imports below, which take seconds
     from mammoclip.evaluate.retrieval import run_retrieval
 
     ks = tuple(args.ks)
-    results = run_retrieval(load_model(args), load_manifest(args), split=args.split, ks=ks, out_dir=args.out,
+    bundle = load_manifest(args)
+    model = load_model(args)
+    resolve_out(args)
+    results = run_retrieval(model, bundle, split=args.split, ks=ks, out_dir=args.out,
                             batch_size=args.batch_size, num_workers=args.workers, allow_resize=args.allow_resize,
                             model_name=str(args.checkpoint), progress=True)
-    print_summary(results, args.out)
+    print_summary(results, args.out, counts=split_counts(bundle, None, args.split))
     return 0

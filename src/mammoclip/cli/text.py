@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parse = group.add_parser("parse", help="print a report's sections and fields as JSON")
     parse.add_argument("reports", nargs="+", type=Path, help="report text file(s)")
     parse.add_argument("--no-deidentify", action="store_true", help="keep dates, names and record numbers")
-    parse.add_argument("--output", type=Path, help="write the JSON here instead of stdout")
+    _add_out(parse, "write the JSON here instead of stdout")
     parse.set_defaults(func=_parse)
 
     stats = group.add_parser("stats", help="summarise the reports of a manifest or a folder of report files")
@@ -41,13 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="read every *.txt under this folder (recursively) instead of a manifest's reports.csv")
     stats.add_argument("--tokenizer", type=Path, help="local Hugging Face tokenizer folder for token lengths")
     stats.add_argument("--max-length", type=positive_int, default=None, help="text encoder limit (default: 256, the paper's)")
-    stats.add_argument("--output", type=Path, help="also write the summary as JSON here")
+    _add_out(stats, "also write the summary as JSON here")
     stats.set_defaults(func=_stats)
 
     prompts = group.add_parser("prompts", help="list zero-shot tasks or print a task's prompts as JSON")
     prompts.add_argument("task", nargs="?", help="task name (omit to list the tasks)")
     prompts.add_argument("--style", default="paper", help="'paper' (two-word pairs) or 'ensemble'")
     prompts.set_defaults(func=_prompts)
+
+
+def _add_out(parser: argparse.ArgumentParser, text: str) -> None:
+    """``--out FILE``, the spelling of every other command; ``--output`` (the old one) still works, unlisted."""
+    parser.add_argument("--out", dest="output", type=Path, metavar="FILE", help=text)
+    parser.add_argument("--output", dest="output", type=Path, help=argparse.SUPPRESS)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -59,7 +59,12 @@ TRANSFORM_COLUMNS: tuple[str, ...] = (
     "height",
     "width",
 )
-OPTIONAL_COLUMNS: tuple[str, ...] = (*LABEL_COLUMNS, "report_id", *TRANSFORM_COLUMNS)
+#: Optional column: how ``split`` was set. :data:`SPLIT_BY_HASH` marks rows whose split an adapter drew
+#: by patient hash (:func:`assign_patient_splits`) because the source had none; a manifest without the
+#: column (older ones, hand-written ones) has splits chosen by the user.
+SPLIT_SOURCE_COLUMN = "split_source"
+SPLIT_BY_HASH = "hash"
+OPTIONAL_COLUMNS: tuple[str, ...] = (*LABEL_COLUMNS, "report_id", SPLIT_SOURCE_COLUMN, *TRANSFORM_COLUMNS)
 
 #: Boxes table. ``space`` says which pixel grid the coordinates live in: ``original`` (the source
 #: DICOM) or ``processed`` (the image at ``path``). ``mask_path`` is optional (per-lesion mask PNG).
@@ -418,6 +423,14 @@ def assign_patient_splits(
         u = _patient_hash(pid, seed)
         out[pid] = "train" if u < cut_train else ("val" if u < cut_val else "test")
     return out
+
+
+def splits_from_hash(images: pd.DataFrame) -> bool:
+    """True when every row's split was drawn by patient hash when the manifest was built (not given by
+    the source or the user), as recorded in :data:`SPLIT_SOURCE_COLUMN`."""
+    if SPLIT_SOURCE_COLUMN not in images.columns or not len(images):
+        return False
+    return bool((images[SPLIT_SOURCE_COLUMN].astype(str) == SPLIT_BY_HASH).all())
 
 
 def breast_key(df: pd.DataFrame) -> pd.Series:

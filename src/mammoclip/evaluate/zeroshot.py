@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mammoclip.data.manifest import Bundle
+from mammoclip.data.manifest import Bundle, splits_from_hash
 from mammoclip.errors import ConfigError, DataError
 from mammoclip.evaluate.features import check_image_size, image_batches, model_device
 from mammoclip.evaluate.metrics import DEFAULT_BOOTSTRAP, evaluate_predictions, score_columns
@@ -181,6 +181,12 @@ def run_zeroshot(
     preds["pred"] = probs.argmax(axis=1)
     labelled = preds[preds["label"] >= 0]
     notes = []
+    hashed = split != "all" and splits_from_hash(bundle.images)
+    if hashed:
+        # The split of a manifest built from a folder or table without one was drawn by patient hash:
+        # it means nothing for a model that never trained on this data, yet scoring it alone drops most rows.
+        notes.append(f"split {split!r} ({len(part.images)} of {len(bundle.images)} images) was drawn by patient "
+                     "hash when the manifest was built, not given by you; use --split all to score every image")
     if labelled["label"].nunique() < 2:
         # not an error: a small validation split may lack positives; AUC-type metrics become NaN (null).
         notes.append(f"split {split!r} has a single class of {spec.column!r}: AUC-type metrics are undefined")
@@ -196,7 +202,10 @@ def run_zeroshot(
         "aggregate": aggregate,
         "use_logit_scale": use_logit_scale,
         "metrics": {"image": scored["image"], "breast": scored["breast"]},
-        "counts": {k: scored[k] for k in ("n_images", "n_breasts", "n_patients")},
+        "split_source": "hash" if hashed else "manifest",
+        "counts": {**{k: scored[k] for k in ("n_images", "n_breasts", "n_patients")},
+                   "n_per_class": {name: int((labelled["label"] == i).sum())
+                                   for i, name in enumerate(spec.class_names)}},
         "notes": notes,
         "summary": {f"image_{headline}": scored["image"][headline]["value"],
                     f"breast_{headline}": scored["breast"][headline]["value"]},

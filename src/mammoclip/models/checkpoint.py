@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import numbers
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -93,6 +94,33 @@ def provenance() -> dict[str, Any]:
 # --- our format --------------------------------------------------------------------------------------
 
 
+def _umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, *,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.torch.save_file`` with the permissions of every other output file.
+
+    safetensors creates its file with mode 0600 (a private temporary file renamed into place), so a
+    checkpoint shared on a group or lab volume could not be read by anyone else. The mode is set to
+    what ``open()`` would have given: ``0o666`` minus the umask (0644 under the usual umask 022).
+    """
+    path = Path(path)
+    save_file(state, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+    return path
+
+
 def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool = True,
                     allow_download: bool = False, **extra: Any) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (+ ``tokenizer/``) into ``out_dir``.
@@ -135,7 +163,7 @@ def save_checkpoint(model: MammoCLIP, out_dir: str | Path, save_tokenizer: bool 
         "provenance": provenance(),
         "extra": extra_json,
     }
-    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_safetensors(state, out / WEIGHTS_NAME, metadata={"format": "pt"})
     (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 

@@ -40,7 +40,14 @@ import pandas as pd
 
 from mammoclip.data.adapters import register_adapter
 from mammoclip.data.adapters._common import LABEL_ALIASES, normalise_name, parse_labels, read_csv, unique_ids
-from mammoclip.data.manifest import REPORT_COLUMNS, Bundle, assign_patient_splits, empty_reports
+from mammoclip.data.manifest import (
+    REPORT_COLUMNS,
+    SPLIT_BY_HASH,
+    SPLIT_SOURCE_COLUMN,
+    Bundle,
+    assign_patient_splits,
+    empty_reports,
+)
 from mammoclip.errors import ConfigError, DataError
 from mammoclip.imaging.dicom import DicomMeta, read_dicom_header
 
@@ -393,6 +400,7 @@ class FolderAdapter:
         images = images.drop(columns=[c for c in images.columns if c.startswith("_")])
         splits = assign_patient_splits(images["patient_id"], fractions, seed)
         images.insert(6, "split", images["patient_id"].map(splits))
+        images[SPLIT_SOURCE_COLUMN] = SPLIT_BY_HASH  # not the user's: zeroshot says so and offers --split all
         images.attrs["skipped"] = skipped
         reps = pd.DataFrame(reports, columns=list(REPORT_COLUMNS)) if reports else empty_reports()
         return Bundle(images=images, reports=reps, root=source)

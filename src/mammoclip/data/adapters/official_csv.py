@@ -39,7 +39,13 @@ from mammoclip.data.adapters._common import (
     read_csv,
     unique_ids,
 )
-from mammoclip.data.manifest import REPORT_COLUMNS, Bundle, assign_patient_splits
+from mammoclip.data.manifest import (
+    REPORT_COLUMNS,
+    SPLIT_BY_HASH,
+    SPLIT_SOURCE_COLUMN,
+    Bundle,
+    assign_patient_splits,
+)
 from mammoclip.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -186,6 +192,8 @@ class OfficialCsvAdapter:
         images_df = pd.DataFrame(rows).drop_duplicates(subset=["path"]).reset_index(drop=True)
         images_df["image_id"] = unique_ids(list(images_df["image_id"]), list(images_df["path"]))
         images_df.insert(6, "split", _splits(images_df, source, val_fold, seed).to_numpy())
+        if images_df["split_raw"].isna().all() and images_df["fold"].isna().all():
+            images_df[SPLIT_SOURCE_COLUMN] = SPLIT_BY_HASH  # no split or fold in the table: drawn by hash
         images_df = images_df.drop(columns=["fold", "split_raw"])
         for col in labels.columns:
             images_df[col] = images_df[col].astype(labels[col].dtype)

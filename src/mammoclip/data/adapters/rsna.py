@@ -14,7 +14,7 @@ import pandas as pd
 
 from mammoclip.data.adapters import register_adapter
 from mammoclip.data.adapters._common import read_csv
-from mammoclip.data.manifest import Bundle, assign_patient_splits
+from mammoclip.data.manifest import SPLIT_BY_HASH, SPLIT_SOURCE_COLUMN, Bundle, assign_patient_splits
 
 CSV_NAMES = ("train.csv", "train_folds.csv")
 COLUMNS = ("patient_id", "image_id", "laterality", "view", "cancer")
@@ -53,4 +53,5 @@ class RsnaAdapter:
         else:
             splits = assign_patient_splits(images["patient_id"], fractions, seed)
             images.insert(6, "split", images["patient_id"].map(splits))
+            images[SPLIT_SOURCE_COLUMN] = SPLIT_BY_HASH
         return Bundle(images=images, root=source)
