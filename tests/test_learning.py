@@ -17,12 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mammoclip.data.manifest import load_bundle
 from mammoclip.evaluate.probe import run_probe
 from mammoclip.evaluate.zeroshot import run_zeroshot
 from mammoclip.models import create_model, load_checkpoint
-from mammoclip.synthetic import generate_cohort
-from mammoclip.train.pretrain import run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "pretrain-lite-cpu.yaml"
@@ -43,14 +40,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("learning")
-    train = generate_cohort(root / "train", n_patients=300, seed=1, image_size=SIZE, split_fractions=(0.85, 0.15, 0.0),
-                            workers=2, progress=False)
-    held_out = generate_cohort(root / "held-out", n_patients=500, seed=99, image_size=SIZE, workers=2, progress=False)
-    fit = run_pretraining(PRESET, [f"data.image_text=[{train}]", "eval.zero_shot=[]"], out_dir=root / "run")
-    assert fit.best is not None
-    return {"fit": fit, "held_out": load_bundle(held_out), "root": root}
+def trained(pretrained_lite: dict[str, Any]) -> dict[str, Any]:
+    """The session's pre-training run (tests/conftest.py ``pretrained_lite``: PRESET at SIZE, shared with FActOR)."""
+    return pretrained_lite
 
 
 def _val_losses(run_dir: Path) -> list[float]:
