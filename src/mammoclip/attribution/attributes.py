@@ -26,6 +26,13 @@ import numpy as np
 import torch
 
 from mammoclip.errors import ConfigError, DataError
+from mammoclip.text.prompts import (
+    canonical_finding,
+    finding_sentence,
+    read_json_object,
+    zero_shot_prompts,
+    zero_shot_task,
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,6 @@ def builtin_attribute(name: str) -> AttributeSpec | None:
     Its sentences are the zero-shot ``ensemble`` prompts of the positive class followed by the first
     positive finding template with its slots left at their first (empty) value.
     """
-    from mammoclip.text.prompts import canonical_finding, finding_sentence, zero_shot_prompts, zero_shot_task
 
     try:
         task = zero_shot_task(name)
@@ -85,14 +91,7 @@ def read_sentence_file(path: str | Path) -> dict[str, dict[str, Any]]:
         DataError: missing file, bad JSON or layout; the message names the file and the key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: sentence file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected an object {{attribute: [sentences]}}")
+    data = read_json_object(path, "sentence file", "{attribute: [sentences]}")
     out: dict[str, dict[str, Any]] = {}
     for name, value in data.items():
         entry = {"sentences": value} if isinstance(value, list) else value

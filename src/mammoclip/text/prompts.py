@@ -413,6 +413,28 @@ def zero_shot_prompts(task: str, style: str = "paper") -> dict[str, list[str]]:
     return {cls: list(prompts) for cls, prompts in zip(spec["classes"], spec[style])}
 
 
+
+def read_json_object(path: Path, what: str, layout: str) -> dict[str, Any]:
+    """A user's JSON file that must hold a non-empty object (prompt sets, attribute sentences).
+
+    Args:
+        path: The file.
+        what: What the file is, for messages (``"prompt file"``).
+        layout: The expected layout, shown when the file holds something else.
+
+    Raises:
+        DataError: missing file, not JSON (or not UTF-8), or not a non-empty object; the message names the file.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a valid JSON file ({err})") from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: expected a JSON object {layout}")
+    return data
+
 def load_prompt_file(path: str | Path, task: str | None = None) -> dict[str, Any]:
     """Read and validate a user's zero-shot prompt file.
 
@@ -437,14 +459,7 @@ def load_prompt_file(path: str | Path, task: str | None = None) -> dict[str, Any
             names the file and the offending key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: prompt file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a valid JSON file ({err})") from None
-    if not isinstance(data, dict) or not data:
-        raise DataError(f"{path}: expected a JSON object {{task: {{class: [prompts]}}}} or {{class: [prompts]}}")
+    data = read_json_object(path, "prompt file", "{task: {class: [prompts]}} or {class: [prompts]}")
     if all(isinstance(v, list) for v in data.values()):
         data = {task or "custom": data}
     builtin = _task_aliases()
