@@ -67,7 +67,7 @@ def export_embeddings(
     num_workers: int = 0,
     allow_resize: bool = False,
     checkpoint: str = "",
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> Path:
     """Write image and/or report embeddings with their ids.
 

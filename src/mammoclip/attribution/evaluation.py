@@ -40,7 +40,7 @@ def evaluate_localization(
     model: Any, mapper: FactorMapper | str | Path, bundle: Bundle, *, split: str = "test",
     baselines: Sequence[str] = ("top_channels", "breast_prior", "gradcam"), probe_split: str = "train",
     top_k: int = DEFAULT_TOP_K, n_boot: int = DEFAULT_BOOTSTRAP, batch_size: int = 8, num_workers: int = 0,
-    out_dir: str | Path | None = None, progress: bool = False,
+    out_dir: str | Path | None = None, progress: bool | None = False,
 ) -> dict[str, Any]:
     """Score FActOR and ``baselines`` on the boxed positive images of ``split``.
 

@@ -27,6 +27,7 @@ from mammoclip.data.manifest import TRANSFORM_COLUMNS, Bundle
 from mammoclip.errors import ConfigError, DataError
 from mammoclip.evaluate.metrics import DEFAULT_BOOTSTRAP, bootstrap_metrics
 from mammoclip.imaging.breast import TransformRecord
+from mammoclip.progress import progress_bar
 
 #: IoU thresholds of the hit rates (the paper reports both).
 IOU_THRESHOLDS: tuple[float, ...] = (0.25, 0.5)
@@ -156,7 +157,7 @@ def summarize(table: pd.DataFrame, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int
 
 def localization_table(
     explainers: Mapping[str, Any], bundle: Bundle, attributes: Sequence[AttributeSpec], *, batch_size: int = 16,
-    num_workers: int = 0, percentile: float = REGION_PERCENTILE, progress: bool = False,
+    num_workers: int = 0, percentile: float = REGION_PERCENTILE, progress: bool | None = False,
 ) -> pd.DataFrame:
     """Score every method on every attribute's positive, boxed images of ``bundle``.
 
@@ -166,7 +167,6 @@ def localization_table(
     Returns:
         One row per (method, attribute, image): ids, ``score`` and :data:`METRICS`.
     """
-    from tqdm.auto import tqdm
 
     from mammoclip.evaluate.features import check_image_size, image_batches
 
@@ -178,7 +178,7 @@ def localization_table(
         if len(idx) == 0:
             continue
         sub = Bundle(bundle.images.iloc[idx].reset_index(drop=True), bundle.boxes, bundle.reports, bundle.root)
-        bar = tqdm(total=len(idx), desc=f"localize {spec.name}", unit="img", disable=not progress)
+        bar = progress_bar(len(idx), f"localize {spec.name}", "img", enabled=progress)
         for ids, images in image_batches(model, sub, batch_size=batch_size, num_workers=num_workers):
             outs = {name: ex(images) for name, ex in explainers.items()}
             for j, i in enumerate(ids.tolist()):

@@ -23,6 +23,7 @@ from mammoclip.attribution.heatmap import REGION_PERCENTILE, Explainer, heat_reg
 from mammoclip.attribution.localization import _record
 from mammoclip.data.manifest import Bundle
 from mammoclip.imaging.breast import TransformRecord
+from mammoclip.progress import progress_bar
 
 #: Overlays are drawn at least this tall (small processed images get unreadable labels otherwise).
 OVERLAY_MIN_HEIGHT: int = 512
@@ -88,7 +89,7 @@ def region_rows(image_id: str, attribute: str, heat: np.ndarray, record: Transfo
 
 def explain_bundle(
     explainer: Explainer, bundle: Bundle, out_dir: str | Path, *, overlays: bool = True, original: bool = False,
-    truth: bool = True, batch_size: int = 8, num_workers: int = 0, progress: bool = False,
+    truth: bool = True, batch_size: int = 8, num_workers: int = 0, progress: bool | None = False,
 ) -> pd.DataFrame:
     """Heatmaps, overlays and regions of every row of ``bundle`` for the explainer's attributes.
 
@@ -99,7 +100,6 @@ def explain_bundle(
     Returns:
         The regions table (also written to ``regions.csv``; scores to ``scores.csv``).
     """
-    from tqdm.auto import tqdm
 
     from mammoclip.attribution.attributes import resolve_attributes
     from mammoclip.attribution.localization import truth_for
@@ -114,7 +114,7 @@ def explain_bundle(
                                  else resolve_attributes(explainer.ctx.attributes))}
     regions: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
-    bar = tqdm(total=len(bundle.images), desc="explain", unit="img", disable=not progress)
+    bar = progress_bar(len(bundle.images), "explain", "img", enabled=progress)
     for idx, images in image_batches(explainer.model, bundle, batch_size=batch_size, num_workers=num_workers):
         heats, sc = explainer(images)  # (B, A, H, W), (B, A)
         for j, i in enumerate(idx.tolist()):

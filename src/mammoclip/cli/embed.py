@@ -44,7 +44,7 @@ def _embed(args: argparse.Namespace) -> int:
     out = export_embeddings(load_model(args), load_manifest(args), args.out, images=args.what in ("both", "images"),
                             texts=args.what in ("both", "texts"), split=args.split, batch_size=args.batch_size,
                             num_workers=args.workers, allow_resize=args.allow_resize,
-                            checkpoint=str(args.checkpoint), progress=True)
+                            checkpoint=str(args.checkpoint), progress=None)
     print(out)
     return 0
 

@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         bundle = bundle.split(args.split)
     regions = explain_bundle(explainer, bundle, args.out, overlays=not args.no_overlays,
                              original=args.original, batch_size=args.batch_size, num_workers=args.workers,
-                             progress=True)
+                             progress=None)
     print(json.dumps({"images": int(len(bundle.images)), "attributes": names,
                       "regions": int(len(regions)), "out": args.out}))
     return 0

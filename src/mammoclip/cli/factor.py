@@ -111,6 +111,6 @@ def _eval(args: argparse.Namespace) -> int:
     res = evaluate_localization(load_model(args), args.mapper, load_bundle(args.manifest), split=args.split,
                                 baselines=baselines, probe_split=args.probe_split, top_k=args.top_k,
                                 n_boot=args.n_boot, batch_size=args.batch_size, num_workers=args.workers,
-                                out_dir=args.out, progress=True)
+                                out_dir=args.out, progress=None)
     print(json.dumps({**res["summary"], "out": args.out}))
     return 0

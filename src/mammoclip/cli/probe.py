@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     results = run_probe(
         lambda init: base(init).to(device), bundle, args.task, **sweep,
         val_fraction=args.val_fraction, feature_kind=args.features, cache_dir=args.cache,
-        batch_size=args.batch_size, num_workers=args.workers, progress=True,
+        batch_size=args.batch_size, num_workers=args.workers, progress=None,
     )
     print_summary(results, args.out, counts=split_counts(bundle, args.task, "test"),
                   split_note="heads fitted on train, C selected on held-out train patients")

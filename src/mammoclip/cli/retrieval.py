@@ -37,6 +37,6 @@ def _run(args: argparse.Namespace) -> int:
     resolve_out(args)
     results = run_retrieval(model, bundle, split=args.split, ks=ks, out_dir=args.out,
                             batch_size=args.batch_size, num_workers=args.workers, allow_resize=args.allow_resize,
-                            model_name=str(args.checkpoint), progress=True)
+                            model_name=str(args.checkpoint), progress=None)
     print_summary(results, args.out, counts=split_counts(bundle, None, args.split))
     return 0

@@ -47,6 +47,6 @@ def _run(args: argparse.Namespace) -> int:
     results = run_zeroshot(model, bundle, args.task, prompts=args.prompts, out_dir=args.out, split=args.split,
                            aggregate=args.aggregate, use_logit_scale=args.logit_scale, batch_size=args.batch_size,
                            num_workers=args.workers, n_boot=args.n_boot, allow_resize=args.allow_resize,
-                           model_name=str(args.checkpoint), progress=True)
+                           model_name=str(args.checkpoint), progress=None)
     print_summary(results, args.out, counts=split_counts(bundle, args.task, args.split))
     return 0

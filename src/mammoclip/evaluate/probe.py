@@ -202,7 +202,7 @@ def run_probe(
     n_boot: int = DEFAULT_BOOTSTRAP,
     allow_resize: bool = False,
     model_name: str = "",
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Linear probes for every (init, fraction, seed); writes the run directory when ``out_dir`` is given.
 

@@ -63,7 +63,7 @@ def run_retrieval(
     num_workers: int = 0,
     allow_resize: bool = False,
     model_name: str = "",
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Image->text and text->image Recall@K on one split; writes ``results.json``/``index.html``.
 

@@ -23,6 +23,7 @@ from mammoclip.errors import ConfigError, DataError
 from mammoclip.evaluate.features import check_image_size, image_batches, model_device
 from mammoclip.evaluate.metrics import DEFAULT_BOOTSTRAP, evaluate_predictions, score_columns
 from mammoclip.evaluate.tasks import TaskSpec, get_task, task_labels
+from mammoclip.progress import progress_bar
 
 #: Built-in prompt styles of :func:`mammoclip.text.prompts.zero_shot_prompts`.
 PROMPT_STYLES: tuple[str, ...] = ("paper", "ensemble")
@@ -100,16 +101,14 @@ def zero_shot_probs(
     use_logit_scale: bool = False,
     batch_size: int = 16,
     num_workers: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> np.ndarray:
     """``(N, K)`` class probabilities of every manifest row (softmax over cosine similarities)."""
-    from tqdm.auto import tqdm
-
     was_training = model.training
     model.eval()
     scale = float(model.scale()) if use_logit_scale else 1.0
     probs = np.zeros((len(bundle.images), weights.shape[0]), np.float64)
-    bar = tqdm(total=len(bundle.images), desc="zero-shot", unit="img", disable=not progress)
+    bar = progress_bar(len(bundle.images), "zero-shot", "img", enabled=progress)
     try:
         for idx, images in image_batches(model, bundle, batch_size=batch_size, num_workers=num_workers):
             emb = model.encode_image(images, normalize=True).float()  # (B, D)
@@ -146,7 +145,7 @@ def run_zeroshot(
     n_boot: int = DEFAULT_BOOTSTRAP,
     allow_resize: bool = False,
     model_name: str = "",
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Zero-shot evaluation of one task; writes the run directory when ``out_dir`` is given.
 
