@@ -68,6 +68,10 @@ class DicomMeta:
     #: ImageLaterality (0020,0062), else Laterality (0020,0060), exactly as the tags say ("L"/"R");
     #: unlike ``laterality`` never guessed from free text.
     image_laterality: str | None = None
+    #: SeriesInstanceUID and AccessionNumber (stripped; None when absent or unreadable): the folder adapter
+    #: groups and finds reports by them, from this one header read.
+    series_id: str | None = None
+    accession: str | None = None
 
     @property
     def inverted(self) -> bool:
@@ -323,7 +327,17 @@ def _meta(path: Path, ds: Any, value_range: tuple[float, float]) -> DicomMeta:
         if not isinstance(ds.get("PatientOrientation"), str) else (str(ds.PatientOrientation),),
         image_laterality=next((v for v in (str(ds.get(t, "") or "").strip().upper()
                                            for t in ("ImageLaterality", "Laterality")) if v in ("L", "R")), None),
+        series_id=_optional_text(ds, "SeriesInstanceUID"),
+        accession=_optional_text(ds, "AccessionNumber"),
     )
+
+
+def _optional_text(ds: Any, keyword: str) -> str | None:
+    """A text element stripped, or None when absent, empty or malformed (it only helps grouping)."""
+    try:
+        return str(ds.get(keyword, "") or "").strip() or None
+    except Exception:  # noqa: BLE001 - a malformed element raises on access
+        return None
 
 
 def _check_modality(path: Path, ds: Any, modalities: tuple[str, ...] | None) -> None:

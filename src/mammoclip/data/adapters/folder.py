@@ -50,6 +50,7 @@ from mammoclip.data.manifest import (
 )
 from mammoclip.errors import ConfigError, DataError
 from mammoclip.imaging.dicom import DicomMeta, read_dicom_header
+from mammoclip.imaging.failures import one_line
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,6 @@ _MAX_REASON = 300
 
 _FILE_TYPES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
                (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= _MAX_REASON else line[:_MAX_REASON - 3] + "..."
 
 
 def _has_preamble(path: Path) -> bool:
@@ -115,7 +111,7 @@ def _kind(path: Path) -> tuple[str, str]:
     try:
         mode = os.stat(path).st_mode
     except OSError as err:
-        return ("left_out", f"{path}: cannot stat ({_one_line(err.strerror or str(err))})") if named else ("other", "")
+        return ("left_out", f"{path}: cannot stat ({one_line(err.strerror or str(err), _MAX_REASON)})") if named else ("other", "")
     if not stat.S_ISREG(mode):
         what = next((text for test, text in _FILE_TYPES if test(mode)), "not a regular file")
         return ("left_out", f"{path}: {what}, not a regular file; skipped") if named else ("other", "")
@@ -137,15 +133,6 @@ def _scan(source: Path) -> _Scan:
     return found
 
 
-def _extra_tags(path: Path) -> dict[str, str]:
-    """Series and accession of one file (header only; ``DicomMeta`` does not carry them)."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "AccessionNumber"])
-    return {"series": str(ds.get("SeriesInstanceUID", "") or "").strip(),
-            "accession": str(ds.get("AccessionNumber", "") or "").strip()}
-
-
 def _read(path: Path, with_tags: bool) -> tuple[DicomMeta, dict[str, str]] | str:
     """The header of one file, or a one-line reason why it is left out.
 
@@ -155,16 +142,17 @@ def _read(path: Path, with_tags: bool) -> tuple[DicomMeta, dict[str, str]] | str
     """
     try:
         meta = read_dicom_header(path)
-        extra = _extra_tags(path) if with_tags else {"series": "", "accession": ""}
     except DataError as err:
-        return _one_line(str(err))
+        return one_line(str(err), _MAX_REASON)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as err:  # noqa: BLE001 - see the docstring
-        return _one_line(f"{path}: cannot read DICOM header ({type(err).__name__}: {err})")
+        return one_line(f"{path}: cannot read DICOM header ({type(err).__name__}: {err})", _MAX_REASON)
     if meta.laterality is None or meta.view is None:
         return f"{path}: laterality/view not found in the header"
-    return meta, extra
+    if not with_tags:
+        return meta, {"series": "", "accession": ""}
+    return meta, {"series": meta.series_id or "", "accession": meta.accession or ""}
 
 
 def _report_sections(text: str, report_id: str) -> dict[str, str]:
