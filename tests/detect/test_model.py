@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,10 @@ def test_checkpoint_round_trip_gives_identical_detections(tmp_path: Path):
             assert torch.equal(x[k], y[k])
     meta = json.loads((tmp_path / "det" / "detector.json").read_text())
     assert meta["format"] == "mammoclip-detector" and [t["stride"] for t in meta["taps"]] == [8, 16, 32]
+    # the weights get the permissions of every other output file (safetensors alone writes 0600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "det" / "detector.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_tower_loads_from_a_mammoclip_checkpoint(tmp_path: Path):

@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -40,7 +40,7 @@ from mammoclip.data.transforms import normalize_images
 from mammoclip.detect.config import DetectorCfg
 from mammoclip.errors import CheckpointError, ConfigError
 from mammoclip.models import ImageTower, MammoCLIP, MammoClipCfg, load_checkpoint, read_checkpoint_config
-from mammoclip.models.checkpoint import provenance
+from mammoclip.models.checkpoint import provenance, save_safetensors
 from mammoclip.models.registry import resolve_config
 
 DETECTOR_FORMAT = "mammoclip-detector"
@@ -207,7 +207,7 @@ class MammoDetector(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(out / DETECTOR_WEIGHTS), metadata={"format": "pt"})
+        save_safetensors(state, out / DETECTOR_WEIGHTS, metadata={"format": "pt"})
         meta = {"format": DETECTOR_FORMAT, "format_version": DETECTOR_VERSION, "detector": self.cfg.to_dict(),
                 "model": self.clip_cfg.to_dict(), "taps": self.describe_taps(), "provenance": provenance(),
                 "extra": json.loads(json.dumps(extra, default=str))}
