@@ -224,3 +224,16 @@ def test_registry_errors(tmp_path: Path) -> None:
     pd.DataFrame({"study_id": ["s"]}).to_csv(tmp_path / "v" / "breast-level_annotations.csv", index=False)
     with pytest.raises(DataError, match="missing columns"):
         build_bundle(tmp_path / "v")
+
+
+def test_source_table_in_another_encoding_names_line_and_byte(tmp_path: Path) -> None:
+    # an adapter's own table goes through the same reader as the manifest: one line with the position
+    root = write_vindr(tmp_path / "vindr")
+    table = pd.read_csv(root / "breast-level_annotations.csv")
+    table.loc[4, "study_id"] = "Sénologie"  # é -> 0xe9 in latin-1, on line 6 (header is line 1)
+    (root / "breast-level_annotations.csv").write_bytes(table.to_csv(index=False).encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        build_bundle(root)
+    message = str(err.value)
+    assert "\n" not in message and "breast-level_annotations.csv: source table is not UTF-8" in message
+    assert "first invalid byte at line 6" in message

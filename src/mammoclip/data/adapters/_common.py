@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mammoclip.data.manifest import assign_patient_splits
+from mammoclip.data.manifest import assign_patient_splits, read_table_csv
 from mammoclip.errors import DataError
 
 #: Share of training patients moved to ``val`` when a source has only train/test.
@@ -21,15 +21,15 @@ VAL_FRACTION: float = 0.1
 def read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     """Read a source CSV as strings and check its columns.
 
+    Reading goes through :func:`~mammoclip.data.manifest.read_table_csv`, so a table in another
+    encoding than UTF-8 gets the same one-line message (file, line, byte, fix) as the manifest.
+
     Raises:
-        DataError: missing file, unparsable CSV or missing columns (all named).
+        DataError: missing file, not UTF-8, unparsable CSV or missing columns (all named).
     """
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{path}: cannot parse CSV ({err})") from err
+    df = read_table_csv(path, "source table", dtype=str, keep_default_na=False, na_values=[""])
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
