@@ -46,7 +46,7 @@ browser-deps:
 	@bash scripts/install_browser.sh
 
 test: $(VENV)/.installed-test browser-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 bench: $(VENV)/.installed-test
 	@for f in $(filter-out bench/fuzz.py,$(wildcard bench/*.py)); do echo "== $$f"; $(PY) $$f || exit 1; done
