@@ -3,12 +3,13 @@
 Writes ``localization.csv`` (one row per method, attribute and image), ``summary.csv`` (means with
 patient-bootstrap CIs) and ``results.json`` (the same numbers, the settings, and for each attribute
 whether FActOR beats the breast prior with non-overlapping 95% CIs; a method that does not is not
-localizing anything, docs/attribution.md).
+localizing anything, docs/attribution.md), an overlay grid per attribute under ``overlays/`` (a few
+scored images, one column per method, so that a reader sees *what* each number scored) and
+``index.html`` (:func:`mammoclip.evaluate.sections.attribution_section_html` as a page).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +21,17 @@ from mammoclip.attribution.baselines import fit_probe_heads
 from mammoclip.attribution.heatmap import DEFAULT_TOP_K, Explainer, HeatmapContext, get_heatmap_method
 from mammoclip.attribution.localization import localization_table, summarize
 from mammoclip.attribution.mapper import FactorMapper, load_mapper
+from mammoclip.attribution.outputs import localization_overlays
 from mammoclip.data.manifest import Bundle
 from mammoclip.errors import DataError
 from mammoclip.evaluate.metrics import DEFAULT_BOOTSTRAP
+from mammoclip.evaluate.report import write_results
+from mammoclip.evaluate.sections import attribution_section_html, write_section_page
 
 #: The metrics on which FActOR must beat the breast prior (the issue's quality bar).
 VERDICT_METRICS: tuple[str, ...] = ("pointing", "hit@0.25")
+#: Images per attribute drawn into the overlay grids of ``out_dir/overlays/``.
+DEFAULT_OVERLAYS: int = 4
 
 
 def beats(summary: pd.DataFrame, method: str, baseline: str, attribute: str, metric: str) -> bool | None:
@@ -40,9 +46,15 @@ def evaluate_localization(
     model: Any, mapper: FactorMapper | str | Path, bundle: Bundle, *, split: str = "test",
     baselines: Sequence[str] = ("top_channels", "breast_prior", "gradcam"), probe_split: str = "train",
     top_k: int = DEFAULT_TOP_K, n_boot: int = DEFAULT_BOOTSTRAP, batch_size: int = 8, num_workers: int = 0,
-    out_dir: str | Path | None = None, progress: bool | None = False,
+    out_dir: str | Path | None = None, progress: bool | None = False, overlays: int = DEFAULT_OVERLAYS,
 ) -> dict[str, Any]:
     """Score FActOR and ``baselines`` on the boxed positive images of ``split``.
+
+    Args:
+        out_dir: Write ``localization.csv``, ``summary.csv``, ``results.json``, the overlay grids
+            (``overlays/``) and ``index.html`` (the attribution section as a page) there.
+        overlays: Images per attribute in the overlay grids (one row each, one column per method;
+            0: no grids). Spread over patients: one image per patient before a second one.
 
     Returns:
         ``{"summary": {"<method> <attribute> <metric>": value}, "metrics": [...], "beats_breast_prior": ...}``.
@@ -84,5 +96,9 @@ def evaluate_localization(
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "localization.csv", index=False)
         summary.to_csv(out / "summary.csv", index=False)
-        (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        if overlays > 0:
+            results["overlays"] = localization_overlays(explainers, test, mapper.attributes, table, out, overlays,
+                                                        batch_size=batch_size, num_workers=num_workers)
+        write_results(out, results)  # NaN (energy without masks) -> null: strict JSON
+        write_section_page(out, f"mammoclip factor eval: {split}", attribution_section_html(out))
     return results

@@ -37,9 +37,17 @@ def slug(text: str) -> str:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, title: str, *, regions: Sequence[dict[str, float]] = (),
-            truth: np.ndarray | None = None) -> np.ndarray:
+            truth: np.ndarray | None = None, peak: tuple[float, float] | None = None,
+            height: int | None = None) -> np.ndarray:
     """An RGB overlay: the mammogram in grey, the heatmap as a JET colour map, region boxes in white,
-    truth boxes in green, and ``title`` on top. Returns ``(H', W', 3)`` uint8."""
+    truth boxes in green, the ``peak`` (x, y in processed pixels) as a white cross, and ``title`` on top.
+
+    Args:
+        height: Draw at this height (grid tiles); default: the image's, at least :data:`OVERLAY_MIN_HEIGHT`.
+
+    Returns:
+        ``(H', W', 3)`` uint8.
+    """
     import cv2
 
     g = image.astype(np.float32)
@@ -47,7 +55,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, title: str, *, regions: Sequenc
     grey = np.repeat((g * 255).astype(np.uint8)[:, :, None], 3, axis=2)
     colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     out = (grey * (1 - OVERLAY_ALPHA) + colour * OVERLAY_ALPHA).astype(np.uint8)
-    f = max(1.0, OVERLAY_MIN_HEIGHT / out.shape[0])
+    f = height / out.shape[0] if height else max(1.0, OVERLAY_MIN_HEIGHT / out.shape[0])
     out = np.ascontiguousarray(cv2.resize(out, (round(out.shape[1] * f), round(out.shape[0] * f)),
                                           interpolation=cv2.INTER_LINEAR))
     for r in regions:
@@ -56,8 +64,15 @@ def overlay(image: np.ndarray, heat: np.ndarray, title: str, *, regions: Sequenc
     for b in np.asarray(truth if truth is not None else np.zeros((0, 4))).reshape(-1, 4):
         cv2.rectangle(out, (round(b[0] * f), round(b[1] * f)), (round(b[2] * f) - 1, round(b[3] * f) - 1),
                       (0, 255, 0), 2)
+    if peak is not None:
+        cv2.drawMarker(out, (round(peak[0] * f), round(peak[1] * f)), (255, 255, 255), cv2.MARKER_CROSS,
+                       max(9, round(out.shape[0] / 24)), 2)
     cv2.rectangle(out, (0, 0), (out.shape[1], 22), (0, 0, 0), -1)
-    cv2.putText(out, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    scale = 0.45
+    width = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    if width > out.shape[1] - 8:  # a narrow tile: shrink the title rather than cut it off
+        scale *= (out.shape[1] - 8) / width
+    cv2.putText(out, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
@@ -144,3 +159,92 @@ def explain_bundle(
     table.to_csv(out / "regions.csv", index=False)
     pd.DataFrame(scores).to_csv(out / "scores.csv", index=False)
     return table
+
+
+#: Height of one tile of a localization overlay grid (``factor eval``), in pixels.
+GRID_TILE_HEIGHT: int = 256
+#: White gap between the tiles of a grid, in pixels.
+GRID_GAP: int = 4
+
+
+def overlay_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = GRID_GAP) -> np.ndarray:
+    """Rows of equal-size ``(H, W, 3)`` tiles -> one RGB image with white gaps between them."""
+    h, w = rows[0][0].shape[:2]
+    n_cols = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + gap) - gap, n_cols * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = tile
+    return out
+
+
+def spread_over_patients(images: pd.DataFrame, rows: np.ndarray, n: int) -> np.ndarray:
+    """``n`` of the manifest ``rows``: one image per patient first (in manifest order), then second ones.
+
+    A grid of four views of one patient shows one lesion four times; spreading over patients shows more.
+    """
+    patients = images["patient_id"].iloc[rows].astype(str).reset_index(drop=True)
+    turn = patients.groupby(patients, sort=False).cumcount().to_numpy()  # 0 for a patient's first image
+    order = np.lexsort((np.arange(len(rows)), turn))
+    return np.asarray(rows)[order[:max(n, 0)]]
+
+
+def localization_overlays(explainers: dict[str, Explainer], bundle: Bundle, attributes: Sequence[Any],
+                          table: pd.DataFrame, out_dir: str | Path, n: int, *, batch_size: int = 8,
+                          num_workers: int = 0) -> list[dict[str, Any]]:
+    """An overlay grid per attribute: ``n`` scored images as rows, the methods as columns.
+
+    Each tile is the method's heatmap on the mammogram with the attribute's truth boxes (green), the top
+    region (white box, the one the hit rates score) and the heatmap's peak (white cross, the pointing
+    game's point); its title is the method and the top region's IoU from ``table``. Tiles are written to
+    ``overlays/<attribute>/<image>__<method>.png`` and the whole grid to ``overlays/<attribute>.png``.
+
+    Args:
+        explainers: ``method -> Explainer``, in column order (FActOR first).
+        attributes: The :class:`~mammoclip.attribution.attributes.AttributeSpec` of each attribute.
+        table: The per-image localization table (:func:`~mammoclip.attribution.localization.localization_table`).
+
+    Returns:
+        One entry per attribute with images: ``attribute``, ``file`` (the grid), ``methods`` and ``rows``
+        (``image_id``, ``patient_id``, ``tiles``: ``method -> file``); paths relative to ``out_dir``.
+    """
+    from mammoclip.attribution.localization import scored_rows, truth_for
+    from mammoclip.evaluate.features import image_batches
+    from mammoclip.imaging.imageio import read_image
+
+    out = Path(out_dir)
+    model = next(iter(explainers.values())).model
+    iou = table.set_index(["method", "attribute", "image_id"])["iou"].to_dict() if len(table) else {}
+    grids: list[dict[str, Any]] = []
+    for spec in attributes:
+        chosen = spread_over_patients(bundle.images, scored_rows(bundle, spec), n)
+        if len(chosen) == 0:
+            continue
+        sub = Bundle(bundle.images.iloc[chosen].reset_index(drop=True), bundle.boxes, bundle.reports, bundle.root)
+        folder = out / "overlays" / slug(spec.name)
+        rows: list[dict[str, Any]] = []
+        tiles: list[list[np.ndarray]] = []
+        for idx, images in image_batches(model, sub, batch_size=batch_size, num_workers=num_workers):
+            outs = {m: ex(images) for m, ex in explainers.items()}  # (B, A, H, W) heatmaps, (B, A) scores
+            for j, i in enumerate(idx.tolist()):
+                row = sub.images.iloc[i]
+                image_id = str(row["image_id"])
+                pixels = read_image(sub.abspath(str(row["path"])))
+                entry: dict[str, Any] = {"image_id": image_id, "patient_id": str(row["patient_id"]), "tiles": {}}
+                line = []
+                for method, (heats, _) in outs.items():
+                    heat = heats[j, explainers[method].ctx.attributes.index(spec.name)]
+                    truth = truth_for(sub, row, spec, heat.shape)[0]
+                    py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                    value = iou.get((method, spec.name, image_id), float("nan"))
+                    tile = overlay(pixels, heat, f"{method}  IoU {value:.2f}", regions=heat_regions(heat)[:1],
+                                   truth=truth, peak=(px + 0.5, py + 0.5), height=GRID_TILE_HEIGHT)
+                    path = write_rgb_png(folder / f"{slug(image_id)}__{slug(method)}.png", tile)
+                    entry["tiles"][method] = str(path.relative_to(out))
+                    line.append(tile)
+                rows.append(entry)
+                tiles.append(line)
+        grid = write_rgb_png(out / "overlays" / f"{slug(spec.name)}.png", overlay_grid(tiles))
+        grids.append({"attribute": spec.name, "file": str(grid.relative_to(out)), "methods": list(explainers),
+                      "rows": rows})
+    return grids

@@ -81,7 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers")
     e.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     add_n_boot_arg(e)
-    e.add_argument("--out", required=True, help="output directory (localization.csv, results.json)")
+    e.add_argument("--overlays", type=non_negative_int, default=4,
+                   help="images per attribute in the overlay grids (rows; one column per method; 0: none)")
+    e.add_argument("--out", required=True,
+                   help="output directory (localization.csv, summary.csv, results.json, overlays/, index.html)")
     e.set_defaults(func=_eval)
 
 
@@ -111,6 +114,6 @@ def _eval(args: argparse.Namespace) -> int:
     res = evaluate_localization(load_model(args), args.mapper, load_bundle(args.manifest), split=args.split,
                                 baselines=baselines, probe_split=args.probe_split, top_k=args.top_k,
                                 n_boot=args.n_boot, batch_size=args.batch_size, num_workers=args.workers,
-                                out_dir=args.out, progress=None)
+                                out_dir=args.out, progress=None, overlays=args.overlays)
     print(json.dumps({**res["summary"], "out": args.out}))
     return 0

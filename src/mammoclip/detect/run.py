@@ -279,8 +279,8 @@ def evaluate_detector(detector: MammoDetector | str | Path, manifest: str | Path
         detector: A detector or its checkpoint folder.
         manifest: The cohort.
         split: The split to evaluate (None: every row).
-        out_dir: Write ``results.json``, ``predictions.csv``, ``images.csv``, ``froc.png``, ``pr.png`` and
-            ``overlays/`` there (None: nothing is written).
+        out_dir: Write ``results.json``, ``predictions.csv``, ``images.csv``, ``froc.png``, ``pr.png``,
+            ``overlays/`` and ``index.html`` (the detection section as a page) there (None: nothing is written).
         n_boot: Patient-level bootstrap replicates (0: no intervals).
         overlays: How many images to draw.
         require_boxes: Fail when a class has no box in the split (its AP would be undefined); the
@@ -320,6 +320,10 @@ def evaluate_detector(detector: MammoDetector | str | Path, manifest: str | Path
         results["overlays"] = [str(p.relative_to(out)) for p in
                                draw_overlays(part, preds, targets, det.cfg.classes, out / "overlays", overlays)]
         write_results(out, results)
+        from mammoclip.evaluate.sections import detection_section_html, write_section_page
+
+        write_section_page(out, f"mammoclip detect eval: {split or 'all rows'}",
+                           detection_section_html(out, max_overlays=overlays))
     return results
 
 

@@ -225,9 +225,19 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{displ
 img{max-width:560px;border:1px solid #ddd}.meta{color:#666;font-size:90%}"""
 
 
+def png_data_uri(path: Path) -> str:
+    """A PNG file as a ``data:`` URI, so that a page still shows it when ``index.html`` is copied alone."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def html_page(title: str, body: str) -> str:
+    """A whole self-contained page (this module's style) around an HTML ``body`` fragment."""
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"</head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>")
+
+
 def _img_tag(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(path.stem)}</figcaption></figure>'
+    return f'<figure><img alt="{html.escape(path.name)}" src="{png_data_uri(path)}"><figcaption>{html.escape(path.stem)}</figcaption></figure>'
 
 
 def _fmt(v: Any) -> str:
