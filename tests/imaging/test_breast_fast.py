@@ -170,9 +170,9 @@ REAL_BOXES = {
     "sfm-benign-0/1-131.dcm": (0, 0, 1380, 3977, "left"),
     "sfm-benign-0/1-132.dcm": (1725, 827, 2864, 4152, "right"),
     "sfm-benign-0/1-133.dcm": (1485, 0, 2920, 3971, "right"),
-    "sfm-malign-0/1-280.dcm": (0, 600, 1544, 4312, "left"),
+    "sfm-malign-0/1-280.dcm": (0, 647, 1544, 4265, "left"),  # margin stops at the film border
     "sfm-malign-0/1-281.dcm": (0, 0, 1644, 4398, "left"),
-    "sfm-malign-0/1-282.dcm": (1182, 493, 2592, 4232, "right"),
+    "sfm-malign-0/1-282.dcm": (1182, 540, 2592, 4232, "right"),  # margin stops at the film border
     "sfm-malign-0/1-283.dcm": (1096, 0, 2632, 4482, "right"),
 }
 

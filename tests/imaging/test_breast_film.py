@@ -159,3 +159,91 @@ def test_scanner_line_is_found_and_the_chest_wall_is_not() -> None:
     fg[:, 90] = 1  # a scanner line
     lines = straight_lines(fg)
     assert lines[:, 90].all() and lines.sum() == 200
+
+
+# --- markers touching the breast (issue 18, point 2: the residue of 8 % of the bench's crops) ---------
+
+def markers_in_crop(f) -> int:
+    return int(f.markers[crop_of(f.image)].sum())
+
+
+@pytest.mark.parametrize(("seed", "index", "kind"), [
+    (0, 42, "text_label"), (0, 90, "text_label"), (0, 131, "text_label"), (0, 197, "text_label"),
+    (0, 22, "text_label"), (0, 58, "text_label"), (0, 100, "text_label"),
+])
+def test_touching_text_stays_out_of_the_crop(seed: int, index: int, kind: str) -> None:
+    """Bench images whose crop held 4-1461 pixels of plain burned-in text touching (or 0.4 % from)
+    the breast: the regrowth took in the letters within its radius of the breast, and the margin
+    went on into the rest. Letters brighter than all of the breast are now never regrown, and the
+    margin stops at them; the crop keeps >= 99.9 % of the breast."""
+    f = film_image(seed, index, SIZE)
+    assert kind in [k for k, _ in f.kinds]
+    assert markers_in_crop(f) == 0
+    assert f.breast[crop_of(f.image)].sum() >= 0.999 * f.breast.sum()
+
+
+@pytest.mark.parametrize("index", [69, 76, 97])
+def test_touching_lead_marker_is_cut_at_full_resolution(index: int) -> None:
+    """A lead marker abutting the breast's extreme row: one copy pixel is 3 original pixels, so the
+    box rounded outward held the marker's first 1-2 rows (27-42 pixels). The side is now moved in
+    the original pixels to just before the marker's first saturated row, minus the blur rim."""
+    f = film_image(0, index, SIZE)
+    touching = [b for (k, g), b in zip(f.kinds, f.boxes) if k == "lead_marker" and g == 0]
+    seg = segment_breast(f.image)
+    assert markers_in_crop(f) == 0
+    # Cut where a marker starts, within the rim: at most 2 breast rows (or columns) lost there
+    # (image 97 loses 205 of 795710 pixels, 0.026 %, at its other marker, beside the nipple).
+    assert f.breast[crop_of(f.image)].sum() >= 0.999 * f.breast.sum()
+    assert min(min(abs(seg.y1 - y0), abs(seg.y0 - y1), abs(seg.x1 - x0), abs(seg.x0 - x1))
+               for x0, y0, x1, y1 in touching) <= 2
+
+
+@pytest.mark.slow
+def test_touching_markers_at_many_positions() -> None:
+    """Every artefact drawn touching the breast outline (gap 0: beside the nipple, above, below, at
+    random points of the outline), over 24 images: none has a pixel in the crop, no breast is lost.
+    (At 760x456 one of these 24 still lets 4 text pixels in: see docs/data.md.)"""
+    touching = 0
+    for i in range(24):
+        f = film_image(5, i, SIZE, gaps=(0.0,))
+        assert markers_in_crop(f) == 0, (i, f.kinds)
+        assert f.breast[crop_of(f.image)].sum() >= 0.995 * f.breast.sum(), (i, f.kinds)
+        touching += len(f.kinds)
+    assert touching >= 60
+
+
+def test_saturated_text_block_beside_the_breast_is_not_regrown() -> None:
+    """A block of saturated text strokes glued to the breast's edge: the opening cuts its strokes,
+    but the old regrowth took back every stroke pixel within its radius of the breast."""
+    h, w = 600, 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (0.4 * h)) ** 2 + (xx / (0.55 * w)) ** 2 <= 1
+    img = np.where(inside, 1800.0, 80.0) + np.random.default_rng(3).normal(0, 30, (h, w))
+    right = int(np.flatnonzero(inside[h // 2]).max()) + 1  # the breast's extreme column
+    block = np.zeros((60, 90), bool)
+    block[::6] = True  # horizontal strokes, 1 pixel thick every 6 rows
+    block[:, ::7] = True  # and vertical ones: a grid of letters' strokes
+    img[h // 2 - 30:h // 2 + 30, right:right + 90][block] = 4095.0
+    img = img.clip(0, 4095).astype(np.uint16)
+    seg = segment_breast(img)
+    assert seg.x1 <= right  # not one stroke column in the crop
+    assert inside[crop_of(img)].sum() >= 0.999 * inside.sum()
+
+
+def test_real_films_keep_their_breast() -> None:
+    """The eight CBIS-DDSM films (burned-in "LCC"/"RMLO" labels, bright film borders): each crop
+    holds every pixel of its breast mask. Two crops (1-280, 1-282) are 47 rows shorter at the top
+    (and 1-280 at the bottom): the margin now stops at the film's bright border strip that runs
+    along the chest wall beyond the breast; the breast mask itself is unchanged."""
+    import cv2
+
+    from mammoclip.imaging.dicom import decode_dicom
+    from tests.imaging.test_dicom import real_cases
+
+    for path in real_cases():
+        codes, lut, _ = decode_dicom(path)
+        seg = segment_breast(codes, lut=lut)
+        h, w = codes.shape
+        mask = cv2.resize(seg.mask_small.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        assert mask.sum() > 0.15 * h * w
+        assert mask[seg.y0:seg.y1, seg.x0:seg.x1].sum() == mask.sum(), path.name

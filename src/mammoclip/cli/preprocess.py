@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="intensity window: the DICOM VOI LUT/window, or min-max/percentiles in the breast")
     p.add_argument("--mode", choices=("ours", "paper"), default="ours",
                    help="'paper' reproduces the original preprocessing exactly (official checkpoints)")
+    p.add_argument("--j2k-reduce", type=_j2k_reduce, default=None, metavar="auto|0|1|2...",
+                   help="JPEG 2000 input: decode N wavelet levels smaller (2**N per side, a fraction of the "
+                        "cost), or 'auto': the largest reduction that never upsamples the breast crop to --size; "
+                        "other syntaxes are unaffected (default: 0, full decode)")
     p.add_argument("--workers", type=non_negative_int, default=0,
                    help="worker processes (default 0: one per usable core; 1 for batches under 16 images)")
     p.add_argument("--shard", default=None, help="i/N: process every N-th image starting at i (0-based)")
@@ -49,8 +53,9 @@ def _run(args: argparse.Namespace) -> int:
         reuse_freed_memory,
     )
 
+    extra = {} if args.j2k_reduce is None else {"j2k_reduce": args.j2k_reduce}
     options = PreprocessOptions(size=args.size, resize=args.resize, bits=args.bits,
-                                flip_to=args.flip_to, window=args.window, mode=args.mode)
+                                flip_to=args.flip_to, window=args.window, mode=args.mode, **extra)
     shard = parse_shard(args.shard) if args.shard else None
     # The CLI owns this process, so it may tune the allocator as pool workers do. Images are decoded
     # in child processes even with one worker (isolate=True): a native crash in a decoder fails one
@@ -69,6 +74,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.merge and shard is not None:
         print(f"merged -> {merge_shards(args.out)}")
     return 0 if result.processed + result.skipped > 0 else 1
+
+
+def _j2k_reduce(text: str) -> int | str:
+    """``--j2k-reduce``: ``auto`` or a level, checked up front (:func:`mammoclip.data.preprocess.parse_j2k_reduce`)."""
+    from mammoclip.data.preprocess import parse_j2k_reduce
+    from mammoclip.errors import ConfigError
+
+    try:
+        return parse_j2k_reduce(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ Design choices, each for a reason the original lacked (docs/original.md §1, §1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,22 @@ from mammoclip.imaging.breast import (
     FLIP_TARGETS,
     ORIENTATION_SOURCES,
     RESIZE_MODES,
+    SEGMENT_MAX_SIDE,
     WINDOWS,
     BreastPreprocess,
     TransformRecord,
     paper_preprocess,
 )
-from mammoclip.imaging.dicom import DEFAULT_LIMITS, DecodeLimits, check_file, decode_dicom, read_dicom
+from mammoclip.imaging.dicom import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    DicomMeta,
+    J2KHeader,
+    Reduce,
+    check_file,
+    decode_dicom,
+    read_dicom,
+)
 from mammoclip.imaging.imageio import read_image, write_bytes_atomic, write_png
 from mammoclip.progress import progress_bar
 
@@ -91,6 +102,10 @@ class PreprocessOptions:
             or ``percentile`` (0.5-99.5 %), both computed inside the breast crop.
         mode: ``ours`` (segmentation crop) or ``paper`` (docs/original.md §1 reproduced exactly; only
             ``size`` applies).
+        j2k_reduce: JPEG 2000 input, ``ours`` mode: ``0`` decodes in full; ``N`` drops N wavelet
+            resolution levels (a decode ``2**N`` times smaller per side, capped by the codestream);
+            ``auto`` the largest reduction that never upsamples the breast crop to ``size``, chosen
+            on a cheap low-resolution decode (:func:`process_image`). Other syntaxes ignore it.
     """
 
     size: tuple[int, int] = PAPER_IMAGE_SIZE
@@ -99,9 +114,11 @@ class PreprocessOptions:
     flip_to: str = "left"
     window: str = "voi"
     mode: str = "ours"
+    j2k_reduce: int | str = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        object.__setattr__(self, "j2k_reduce", parse_j2k_reduce(self.j2k_reduce))
         checks = {"resize": RESIZE_MODES, "flip_to": FLIP_TARGETS, "window": WINDOW_CHOICES, "mode": MODES}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -110,9 +127,29 @@ class PreprocessOptions:
             raise ConfigError(f"bits must be 8 or 16, got {self.bits}")
         if len(self.size) != 2 or min(self.size) < 8:
             raise ConfigError(f"size must be HxW with both sides >= 8, got {self.size}")
-        if self.mode == "paper" and (self.bits, self.flip_to) != (8, "none"):
+        if self.mode == "paper" and (self.bits, self.flip_to, self.j2k_reduce) != (8, "none", 0):
             object.__setattr__(self, "bits", 8)
             object.__setattr__(self, "flip_to", "none")
+            object.__setattr__(self, "j2k_reduce", 0)  # the original decodes in full
+
+
+#: ``j2k_reduce`` value that picks the level per image (:func:`process_image`).
+J2K_REDUCE_AUTO = "auto"
+#: Largest level ``j2k_reduce`` accepts: 2**8 = 256 times smaller per side is below any output size.
+MAX_J2K_REDUCE: int = 8
+
+
+def parse_j2k_reduce(value: int | str) -> int | str:
+    """``"auto"`` or a level ``0..MAX_J2K_REDUCE`` (an int or its text) -> ``"auto"`` or the int."""
+    if isinstance(value, str) and value.strip().lower() == J2K_REDUCE_AUTO:
+        return J2K_REDUCE_AUTO
+    try:
+        level = int(value) if not isinstance(value, (bool, float)) else None
+    except ValueError:
+        level = None
+    if level is None or not 0 <= level <= MAX_J2K_REDUCE:
+        raise ConfigError(f"j2k_reduce must be {J2K_REDUCE_AUTO!r} or a level 0..{MAX_J2K_REDUCE}, got {value!r}")
+    return level
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -150,17 +187,81 @@ def process_image(path: str | Path, options: PreprocessOptions, limits: DecodeLi
         image, record = paper_preprocess(values, meta.inverted, options.size, border=PAPER_BORDER_CROP)
     else:
         use_voi = options.window == "voi"
-        # Codes + LUT: only the segmentation subsample and the crop are ever converted to float.
-        codes, lut, meta = decode_dicom(path, voi=use_voi, invert=True, limits=limits)
         transform = BreastPreprocess(options.size, resize=options.resize, flip_to=options.flip_to,
                                      window="minmax" if use_voi else options.window, bits=options.bits)
+
+        def decode(reduce: Reduce) -> tuple[np.ndarray, np.ndarray | None, DicomMeta]:
+            # Codes + LUT: only the segmentation subsample and the crop are ever converted to float.
+            return decode_dicom(path, voi=use_voi, invert=True, limits=limits, reduce=reduce)
+
+        planned: TransformRecord | None = None
+        if options.j2k_reduce == J2K_REDUCE_AUTO:
+            codes, lut, meta = decode(functools.partial(probe_level, options.size))
+            if meta.reduce:  # a JPEG 2000 file decoded small: find the crop, then the level it allows
+                planned, _ = transform.plan(codes, lut=lut, patient_orientation=meta.patient_orientation,
+                                            laterality=meta.image_laterality)
+                level = auto_level(planned.scale_x, planned.scale_y, meta.reduce)
+                if level != meta.reduce:
+                    planned = None  # planned again on the decode it renders
+                    codes, lut, meta = decode(level)
+        else:
+            codes, lut, meta = decode(int(options.j2k_reduce))
+        if planned is None:
+            planned, _ = transform.plan(codes, lut=lut, patient_orientation=meta.patient_orientation,
+                                        laterality=meta.image_laterality)
+        record = planned
         window_range = meta.value_range if use_voi and meta.has_voi else None
-        image, record = transform(codes, window_range=window_range, lut=lut,
-                                  patient_orientation=meta.patient_orientation, laterality=meta.image_laterality)
+        image = transform.render(codes, record, window_range, lut=lut)
+        if meta.reduce:
+            record = on_original_grid(record, meta.reduce, (meta.rows, meta.columns))
     if image.size and image.min() == image.max():
         raise ImageError(f"{path}: the processed image holds the single value {image.flat[0]} (blank)",
                          fc.BLANK_OUTPUT)
     return image, record
+
+
+def probe_level(size: tuple[int, int], header: J2KHeader) -> int:
+    """Level of ``auto``'s first, cheap decode: the segmentation's working size, when a reduction can help.
+
+    The breast is found on an image whose longest side stays at or above
+    :data:`~mammoclip.imaging.breast.SEGMENT_MAX_SIDE` (segmentation subsamples to that anyway);
+    0 (decode in full at once, no wasted probe) when even the whole image halved is smaller than
+    the output ``size``, so that no crop could allow a reduction.
+    """
+    if header.rows >> 1 < size[0] or header.columns >> 1 < size[1]:
+        return 0
+    level = 0
+    while level < header.levels and max(header.rows, header.columns) >> (level + 1) >= SEGMENT_MAX_SIDE:
+        level += 1
+    return level
+
+
+def auto_level(scale_x: float, scale_y: float, probe: int) -> int:
+    """The largest level ``<= probe`` at which neither axis of the crop is upsampled to the output.
+
+    ``scale_x``/``scale_y`` are the record's scales planned on a decode reduced ``probe`` levels
+    (output pixels per decoded pixel); one level less doubles the decoded pixels, halving them.
+    """
+    level = probe
+    while level > 0 and max(scale_x, scale_y) * 2.0 ** (level - probe) > 1 + 1e-9:
+        level -= 1
+    return level
+
+
+def on_original_grid(record: TransformRecord, level: int, shape: tuple[int, int]) -> TransformRecord:
+    """A record planned on a decode reduced ``level`` times, restated in original DICOM pixels.
+
+    Reduced pixel ``n`` stands for original pixels ``[n * 2**level, (n + 1) * 2**level)``
+    (:func:`mammoclip.imaging.dicom.decode_dicom` drops a partial last row or column), so the crop
+    scales by ``2**level`` and the scales divide by it. Both are exact in floating point (powers of
+    two), so boxes map to the same processed coordinates as on the reduced grid, and masks on the
+    original grid go through :meth:`TransformRecord.apply` unchanged.
+    """
+    f = 1 << level
+    return replace(record, orig_height=int(shape[0]), orig_width=int(shape[1]),
+                   crop_x0=record.crop_x0 * f, crop_y0=record.crop_y0 * f,
+                   crop_x1=record.crop_x1 * f, crop_y1=record.crop_y1 * f,
+                   scale_x=record.scale_x / f, scale_y=record.scale_y / f, reduce=level)
 
 
 _WORKER_START_RSS_KB: int | None = None
@@ -528,6 +629,8 @@ def _tasks(bundle: Bundle, out: Path, options: PreprocessOptions, limits: Decode
             if isinstance(mp, str) and mp:
                 masks_by_image.setdefault(str(iid), []).append((idx, mp))
     opts = json.loads(json.dumps(asdict(options)))  # as the sidecar stores it (lists, not tuples)
+    if opts.get("j2k_reduce") == 0:
+        del opts["j2k_reduce"]  # the default: sidecars written before the option existed still match
     for row in bundle.images.itertuples(index=False):
         iid = str(row.image_id)
         rel = Path("images") / _safe(str(row.patient_id)) / f"{_safe(iid)}.png"
@@ -688,8 +791,19 @@ def preprocess(
         {"processed": result.processed, "skipped": result.skipped, "failed": result.failed,
          "failures_by_code": result.by_code,
          "seconds": round(seconds, 3), "workers": workers, "options": asdict(options),
-         "shard": shard, "orientation": _orientation_counts(results)}, indent=2))
+         "shard": shard, "orientation": _orientation_counts(results),
+         "j2k_reduce": _reduce_counts(results)}, indent=2))
     return result
+
+
+def _reduce_counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Images per JPEG 2000 reduce level of their record ("0": full decode, every other syntax included)."""
+    counts: dict[str, int] = {}
+    for res in results.values():
+        if "record" in res:
+            key = str(int(res["record"].get("reduce", 0) or 0))
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _orientation_counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:

@@ -76,6 +76,10 @@ LINE_FLANK: float = 0.3
 #: marker is better than a crop cutting the breast).
 ARTEFACT_SAFETY_SHARE: float = 0.5
 
+#: Pixels of the original image left between the breast's box and a touching marker's first
+#: saturated pixel (the scanner's blur: the marker's edge rows are bright but not saturated).
+EDGE_RIM_PIXELS: int = 2
+
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
 FLIP_TARGETS: tuple[str, ...] = ("left", "none")
 
@@ -89,7 +93,8 @@ class TransformRecord:
     :func:`chest_wall_from_header`): ``patient_orientation`` or ``laterality`` (the DICOM header) or
     ``pixels`` (the segmentation's estimate); ``orientation_disagrees`` is set when a header decided
     and the pixel estimate pointed the other way (worth a look: a mislabelled header or a breast that
-    fills the frame). Both have defaults, so records written before they existed still load.
+    fills the frame). Both have defaults, so records written before they existed still load, as
+    does ``reduce`` (0: a full decode).
     """
 
     orig_height: int
@@ -107,6 +112,11 @@ class TransformRecord:
     width: int
     orientation_source: str = "pixels"
     orientation_disagrees: bool = False
+    #: JPEG 2000 resolution levels dropped while decoding (``mammoclip.data.preprocess``'s ``j2k_reduce``):
+    #: the pixels came from a ``2**reduce`` times smaller decode, while every field above stays in
+    #: original DICOM pixels (the crop is then a multiple of ``2**reduce``). Provenance only: the
+    #: mapping needs nothing else.
+    reduce: int = 0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TransformRecord:
@@ -556,7 +566,29 @@ def straight_lines(fg: np.ndarray) -> np.ndarray:
     return out
 
 
-def _regrow(core: np.ndarray, fg: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def _bright_pieces(small: np.ndarray, rest: np.ndarray, breast: np.ndarray,
+                   within: np.ndarray | None = None) -> np.ndarray:
+    """uint8 0/1: the 8-connected pieces of ``rest`` that hold a pixel brighter than all of ``breast``.
+
+    Labels and markers are burned in at the top of the value range, above the breast's densest
+    tissue; the breast's own fringe (the skin line, the nipple, what an opening rounds off) is
+    dimmer than that. Only the bright pixels inside ``within`` (default: anywhere) name pieces.
+    A piece is taken whole: the thin strokes of a letter are not bright on the copy, its thick ones are.
+    """
+    import cv2
+
+    _, top, _, _ = cv2.minMaxLoc(small, mask=breast)
+    bright = cv2.bitwise_and((small > top).view(np.uint8), rest if within is None else cv2.bitwise_and(rest, within))
+    if not cv2.countNonZero(bright):
+        return np.zeros_like(rest)
+    m, pieces = cv2.connectedComponents(rest, connectivity=8)
+    hit = np.zeros(m, bool)
+    hit[pieces[bright > 0]] = True
+    hit[0] = False
+    return hit[pieces].view(np.uint8)
+
+
+def _regrow(core: np.ndarray, fg: np.ndarray, kernel: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
     """Grow the opened breast back by the opening radius inside ``fg``, keeping only connected pixels.
 
     The opening rounds the skin line, the nipple and the corners where the breast meets the chest
@@ -566,7 +598,11 @@ def _regrow(core: np.ndarray, fg: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """
     import cv2
 
-    grown = cv2.bitwise_and(cv2.dilate(core, kernel), fg)
+    reach = cv2.dilate(core, kernel)
+    grown = cv2.bitwise_and(reach, fg)
+    if small is not None:
+        foreign = _bright_pieces(small, cv2.bitwise_and(fg, 1 - core), core, within=grown)
+        grown[foreign > 0] = 0
     n, labels = cv2.connectedComponents(grown, connectivity=8)
     if n <= 2:
         return grown
@@ -575,7 +611,8 @@ def _regrow(core: np.ndarray, fg: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return (labels == label).view(np.uint8)
 
 
-def _breast_mask(fg: np.ndarray, kernel: np.ndarray, connected: bool) -> np.ndarray | None:
+def _breast_mask(fg: np.ndarray, kernel: np.ndarray, connected: bool, small: np.ndarray | None = None
+                 ) -> np.ndarray | None:
     """Open, take the largest component, grow it back inside ``fg`` (None: no foreground at all).
 
     ``connected`` keeps only regrown pixels connected to the breast (:func:`_regrow`); without it
@@ -592,7 +629,7 @@ def _breast_mask(fg: np.ndarray, kernel: np.ndarray, connected: bool) -> np.ndar
     labels, label = largest
     comp = (labels == label).view(np.uint8)  # (sh, sw) uint8 0/1 (bool bytes, no copy)
     if connected:
-        return _regrow(comp, fg, kernel)
+        return _regrow(comp, fg, kernel, small)
     return cv2.bitwise_and(cv2.dilate(comp, kernel), fg)
 
 
@@ -635,6 +672,63 @@ def _clamped_box(mask: np.ndarray, stop: np.ndarray | None, f: float, shape: tup
     return x0, y0, x1, y1
 
 
+def _refine_edges(image: np.ndarray, lut: np.ndarray | None, mask: np.ndarray, stop: np.ndarray, f: float,
+                  box: tuple[int, int, int, int], level: float) -> tuple[int, int, int, int]:
+    """Move each side of the box back, in original pixels, to just before a touching marker.
+
+    On the copy a marker touching the breast is one or two pixels from it, and one copy pixel is
+    ``1 / f`` original pixels (3 at 1520 px): the box rounded outward holds the marker's first rows.
+    Where a ``stop`` pixel (artefact, or foreground that is not the breast) lies within a copy
+    pixel of a side of the breast's box, the side is moved at full resolution to
+    :data:`EDGE_RIM_PIXELS` before the first saturated pixel (``>= level``) in that stretch, looking
+    no deeper than two copy pixels inside the breast's box (the breast loses at most those rows
+    there). The rim is in original pixels: it is the scanner's blur, which does not scale with
+    the copy.
+    """
+    import cv2
+
+    h, w = image.shape
+    sh, sw = mask.shape
+    bx, by, bw, bh = cv2.boundingRect(mask)
+    x0, y0, x1, y1 = box
+    for side in ("top", "bottom", "left", "right"):
+        vertical = side in ("top", "bottom")  # the side is a row: look along columns
+        plane = stop if vertical else stop.T
+        lo_s, hi_s = (bx, bx + bw) if vertical else (by, by + bh)
+        edge = {"top": by, "bottom": by + bh, "left": bx, "right": bx + bw}[side]
+        outward = side in ("bottom", "right")
+        beyond = plane[edge:edge + 2] if outward else plane[max(0, edge - 2):edge]
+        if not beyond[:, lo_s:hi_s].any():  # nothing outside this side (e.g. the image border)
+            continue
+        band = plane[max(0, edge - 1):edge + 2] if outward else plane[max(0, edge - 2):edge + 1]
+        across = np.flatnonzero(band[:, lo_s:hi_s].any(axis=0)) + lo_s
+        other = w if vertical else h
+        a0 = max(0, int(np.floor((across[0] - 1) / f)))
+        a1 = min(other, int(np.ceil((across[-1] + 2) / f)))
+        cur0, cur1 = (y0, y1) if vertical else (x0, x1)
+        # Look past the current side by the rim and a pixel: the marker's first rows are blurred.
+        reach = EDGE_RIM_PIXELS + 1
+        if outward:
+            d0, d1 = max(cur0, int(np.floor((edge - 2) / f))), min(h if vertical else w, cur1 + reach)
+        else:
+            d0, d1 = max(0, cur0 - reach), min(cur1, int(np.ceil((edge + 2) / f)))
+        if d1 <= d0:
+            continue
+        window = image[d0:d1, a0:a1] if vertical else image[a0:a1, d0:d1].T
+        hot = np.flatnonzero((map_codes(window, lut) >= level).any(axis=1))
+        if hot.size == 0:
+            continue
+        if outward:
+            cur1 = min(cur1, max(d0, d0 + int(hot[0]) - EDGE_RIM_PIXELS))
+        else:
+            cur0 = max(cur0, min(d1, d0 + int(hot[-1]) + 1 + EDGE_RIM_PIXELS))
+        if vertical:
+            y0, y1 = cur0, cur1
+        else:
+            x0, x1 = cur0, cur1
+    return x0, y0, x1, y1
+
+
 def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
                    margin: float = CROP_MARGIN_FRACTION, lut: np.ndarray | None = None) -> Segmentation:
     """Find the breast on a small copy: threshold, drop film artefacts, open, largest component, regrow.
@@ -644,8 +738,10 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
     threshold recomputed without the saturated plateau when that is a notable share of the pixels;
     :func:`straight_lines` (scanner strips, thin film edges) are removed; an opening cuts thin
     structures (label strokes) off the breast; the largest component is grown back connected
-    (:func:`_regrow`); the box gets a margin that stops before any removed artefact
-    (:func:`_clamped_box`). Safety net: when the breast so found has less than
+    (:func:`_regrow`), never into a piece brighter than all of the breast (:func:`_bright_pieces`:
+    a label or marker touching it); the box gets a margin that stops before any removed artefact or
+    such piece (:func:`_clamped_box`), and a side next to one is moved in original pixels to just
+    before it (:func:`_refine_edges`). Safety net: when the breast so found has less than
     :data:`ARTEFACT_SAFETY_SHARE` of the pixels of the breast found without removing anything, the
     removal is undone. An image without film artefacts (a detector image) takes the path it took
     before these steps existed, plain regrowth included: the same box, at a few checks' cost.
@@ -693,7 +789,7 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
         artefacts = lines if artefacts is None else artefacts | lines
     r = max(1, round(SEGMENT_OPEN_FRACTION * max(sh, sw)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    mask = _breast_mask(fg, kernel, connected=artefacts is not None)
+    mask = _breast_mask(fg, kernel, connected=artefacts is not None, small=small)
     if artefacts is not None:
         area = 0 if mask is None else cv2.countNonZero(mask)
         if area < ARTEFACT_SAFETY_SHARE * cv2.countNonZero(fg0):  # cheap bound first
@@ -702,7 +798,13 @@ def segment_breast(image: np.ndarray, *, max_side: int = SEGMENT_MAX_SIDE,
                 mask, artefacts = before, None
     if mask is None:
         return Segmentation(0, 0, w, h, "left", np.ones((sh, sw), dtype=bool))
-    x0, y0, x1, y1 = _clamped_box(mask, artefacts, f, (h, w), margin)
+    stop = artefacts
+    if artefacts is not None:
+        stop = cv2.bitwise_or(artefacts, _bright_pieces(small, cv2.bitwise_and(fg, 1 - mask), mask))
+    x0, y0, x1, y1 = _clamped_box(mask, stop, f, (h, w), margin)
+    if stop is not None:
+        level = float(small.max()) - SATURATION_TOLERANCE * float(small.max() - small.min())
+        x0, y0, x1, y1 = _refine_edges(image, lut, mask, stop, f, (x0, y0, x1, y1), level)
     half = sw // 2
     left_area = cv2.countNonZero(mask[:, :half]) if half else 0
     right_area = cv2.countNonZero(mask[:, sw - half:]) if half else 0

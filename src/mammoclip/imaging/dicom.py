@@ -18,7 +18,8 @@ import os
 import re
 import stat
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ class DicomMeta:
     #: groups and finds reports by them, from this one header read.
     series_id: str | None = None
     accession: str | None = None
+    #: JPEG 2000 resolution levels dropped while decoding (:func:`decode_dicom`'s ``reduce``): the
+    #: array holds ``rows // 2**reduce`` x ``columns // 2**reduce`` pixels; 0 for a full decode.
+    reduce: int = 0
 
     @property
     def inverted(self) -> bool:
@@ -418,6 +422,144 @@ def _fast_pixel_array(ds: Any, tsyntax: Any) -> np.ndarray | None:
         ds.pixel_array_options(decoding_plugin="")
 
 
+#: Transfer syntaxes whose pixel data is one JPEG 2000 codestream per frame (Part 1, lossless and
+#: lossy): a wavelet code, so a decoder can stop at a coarser resolution level (:func:`decode_dicom`'s
+#: ``reduce``). HTJ2K (Part 15) is left out: no installed decoder exposes its reduce factor.
+J2K_SYNTAXES: frozenset[str] = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+
+
+@dataclass(frozen=True)
+class J2KHeader:
+    """What the main header of a JPEG 2000 codestream says about reduced decoding.
+
+    Attributes:
+        rows: Ysiz - YOsiz, the image height on the reference grid.
+        columns: Xsiz - XOsiz.
+        components: Csiz.
+        precision: Bits of component 0 (Ssiz & 0x7F, plus one).
+        signed: Component 0 holds signed values.
+        origin: (XOsiz, YOsiz); reduced grids are simple halvings only when it is (0, 0).
+        levels: Wavelet decomposition levels of component 0 (COD, or its COC): the largest reduce
+            factor the codestream allows.
+    """
+
+    rows: int
+    columns: int
+    components: int
+    precision: int
+    signed: bool
+    origin: tuple[int, int]
+    levels: int
+
+
+def parse_j2k_header(stream: bytes) -> J2KHeader | None:
+    """Read SIZ, COD and COC from a codestream's main header (a JP2 wrapper is looked through).
+
+    Returns None when the stream has no readable main header: the caller then decodes in full,
+    and the full decoder reports what is wrong with the stream.
+    """
+    start = stream.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: the codestream, inside a JP2 box or not
+    if start < 0:
+        return None
+    pos, siz, levels, coc_levels = start + 2, None, None, None
+    try:
+        while pos + 4 <= len(stream):
+            marker, length = int.from_bytes(stream[pos:pos + 2], "big"), int.from_bytes(stream[pos + 2:pos + 4], "big")
+            body = stream[pos + 4:pos + 2 + length]
+            if marker == 0xFF90 or length < 2:  # SOT: the main header is over
+                break
+            if marker == 0xFF51 and len(body) >= 38:
+                xsiz, ysiz, xo, yo = (int.from_bytes(body[2 + 4 * k:6 + 4 * k], "big") for k in range(4))
+                csiz = int.from_bytes(body[34:36], "big")
+                ssiz = body[36]
+                siz = (ysiz - yo, xsiz - xo, csiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), (xo, yo))
+            elif marker == 0xFF52 and len(body) >= 6:
+                levels = body[5]  # Scod, progression, layers (2), MCT, then SPcod's decomposition levels
+            elif marker == 0xFF53 and siz is not None:
+                wide = siz[2] >= 257  # Ccoc is 2 bytes when there are 257 components or more
+                component = int.from_bytes(body[:2 if wide else 1], "big")
+                if component == 0 and len(body) >= (4 if wide else 3) + 1:
+                    coc_levels = body[(3 if wide else 2) + 1]
+            pos += 2 + length
+    except IndexError:
+        return None
+    if siz is None or levels is None:
+        return None
+    return J2KHeader(*siz, levels=int(coc_levels if coc_levels is not None else levels))
+
+
+def reduce_level(header: J2KHeader, reduce: int, min_side: int = 0) -> int:
+    """The reduce factor to use: at most ``reduce`` and the codestream's levels, the longest side >= ``min_side``.
+
+    A level is also skipped when Pillow cannot decode it: Pillow sizes a reduced image as
+    ``round(side / 2**level)`` (halves up) where OpenJPEG returns ``ceil(side / 2**level)``, and
+    refuses the tile when the two differ (a side whose remainder is non-zero but below half of
+    ``2**level``). Mammogram sizes (3328, 2560, 4096, 2294, 1914, ...) pass at levels 1-2.
+    """
+    def decodable(level: int) -> bool:
+        power = 1 << level
+        return all(-(-side // power) == (side + power // 2) // power for side in (header.rows, header.columns))
+
+    level = max(0, min(reduce, header.levels))
+    while level > 0 and (max(header.rows >> level, header.columns >> level) < min_side or not decodable(level)):
+        level -= 1
+    return level
+
+
+#: How many levels to drop: a number, or a function of the codestream's header (the caller's policy).
+Reduce = int | Callable[[J2KHeader], int]
+
+
+def _j2k_reduced(ds: Any, tsyntax: Any, reduce: Reduce) -> tuple[np.ndarray, int] | None:
+    """Decode a JPEG 2000 frame ``2**level`` times smaller per side; None: decode in full instead.
+
+    OpenJPEG's reduce factor (through Pillow, whose JPEG 2000 plugin is the installed binding that
+    exposes it) decodes only the coarser wavelet subbands, a fraction of the entropy-decoding work.
+    The result is trimmed to ``rows // 2**level`` x ``columns // 2**level``: a last row or column
+    that stands for fewer than ``2**level`` original pixels is dropped, so reduced pixel ``n``
+    always stands for original pixels ``[n * 2**level, (n + 1) * 2**level)`` and a transform record
+    can keep the original grid as its reference. Anything unusual (several frames or components,
+    a signed or over-16-bit component, an image origin other than (0, 0), a size that disagrees
+    with the DICOM header, Pillow without OpenJPEG, a decoder error) returns None: the full decode
+    is always the fallback, never a failure.
+    """
+    if not reduce or str(tsyntax) not in J2K_SYNTAXES:
+        return None
+    try:
+        import io
+
+        from PIL import Image, features
+        from pydicom.encaps import generate_frames
+
+        if not features.check("jpg_2000"):
+            return None
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        header = parse_j2k_header(frame)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if (header is None or header.components != 1 or header.signed or header.precision > 16
+                or header.origin != (0, 0) or (header.rows, header.columns) != (rows, cols)):
+            return None
+        level = reduce_level(header, reduce(header) if callable(reduce) else reduce)
+        if level == 0:
+            return None
+        with Image.open(io.BytesIO(frame)) as im:
+            im.reduce = level  # type: ignore[assignment]  # OpenJPEG's cp_reduce (a property of Pillow's JPEG 2000 image)
+            im.load()
+            array = np.asarray(im)
+        h, w = rows >> level, cols >> level
+        if array.ndim != 2 or array.shape[0] < h or array.shape[1] < w:
+            return None
+        array = array[:h, :w]
+        if array.dtype == np.uint16 and header.precision < 16:  # Pillow scales 9-15-bit samples to 16 bits
+            array = array >> (16 - header.precision)
+        dtype = np.uint8 if int(ds.get("BitsAllocated", 16) or 16) <= 8 else np.uint16
+        return np.ascontiguousarray(array, dtype=dtype), level
+    except BaseException as err:  # noqa: BLE001 - any failure here leaves the full decode to try (and report)
+        if fc.is_interrupt(err):
+            raise
+        return None
+
+
 def _check_decoder(path: Path, tsyntax: Any) -> None:
     """Fail early, on one line, when the syntax has decoders but none of their packages is installed.
 
@@ -479,11 +621,13 @@ def _check_rescale(path: Path, ds: Any) -> None:
 
 
 def _decode(path: Path, modalities: tuple[str, ...] | None,
-            limits: DecodeLimits | None = DEFAULT_LIMITS) -> tuple[Any, np.ndarray]:
-    """Read, check and decode one file: the dataset and its stored values (any integer dtype).
+            limits: DecodeLimits | None = DEFAULT_LIMITS, reduce: Reduce = 0) -> tuple[Any, np.ndarray, int]:
+    """Read, check and decode one file: the dataset, its stored values (any integer dtype), the reduce level.
 
     Every failure is an :class:`ImageError` with a code: whatever a malformed file or a decoder
     plugin raises, a Rust panic (a BaseException) included, only Ctrl-C and ``sys.exit`` pass through.
+    A non-zero ``reduce`` asks JPEG 2000 files for a reduced resolution (:func:`_j2k_reduced`); other
+    syntaxes, and JPEG 2000 files that cannot be reduced, decode in full (level 0).
     """
     path = Path(path)
     ds = _read_dataset(path, stop_before_pixels=False, limits=limits)
@@ -505,6 +649,9 @@ def _decode(path: Path, modalities: tuple[str, ...] | None,
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     name = getattr(tsyntax, "name", str(tsyntax))
     _check_decoder(path, tsyntax)
+    reduced = _j2k_reduced(ds, tsyntax, reduce) if reduce else None
+    if reduced is not None:
+        return ds, reduced[0], reduced[1]
     try:
         stored = _fast_pixel_array(ds, tsyntax)
         if stored is None:
@@ -525,7 +672,7 @@ def _decode(path: Path, modalities: tuple[str, ...] | None,
                     f"({fc.describe_exception(err)})") from None
     if stored.ndim != 2:
         raise _fail(path, fc.UNSUPPORTED_IMAGE, f"expected a 2-D grayscale image, got shape {stored.shape}")
-    return ds, stored
+    return ds, stored, 0
 
 
 def _safe_values(path: Path, ds: Any, stored: np.ndarray, *, voi: bool, invert: bool
@@ -597,7 +744,7 @@ def read_dicom(
             data, wrong modality, no decoder, a decoder error or panic, non-finite LUT, ...).
     """
     path = Path(path)
-    ds, stored = _decode(path, modalities, limits)
+    ds, stored, _ = _decode(path, modalities, limits)
     image, value_range = _safe_values(path, ds, stored, voi=voi, invert=invert)
     return image, _safe_meta(path, ds, value_range)
 
@@ -616,6 +763,7 @@ def decode_dicom(
     invert: bool = True,
     modalities: tuple[str, ...] | None = ACCEPTED_MODALITIES,
     limits: DecodeLimits | None = DEFAULT_LIMITS,
+    reduce: Reduce = 0,
 ) -> tuple[np.ndarray, np.ndarray | None, DicomMeta]:
     """Like :func:`read_dicom`, but without converting the full frame to float.
 
@@ -624,6 +772,15 @@ def decode_dicom(
     values for a subsampled copy and the breast crop. So the stored values come back as integer
     *codes* plus a LUT over all 2**8 or 2**16 codes, built by running the exact per-pixel pipeline
     of :func:`read_dicom` on every code: ``lut[codes]`` equals ``read_dicom(...)[0]`` bit for bit.
+
+    Args:
+        reduce: JPEG 2000 only: drop up to this many wavelet resolution levels while decoding
+            (each halves both sides; capped by :func:`reduce_level`), a fraction of the full
+            decode's cost; or a function of the codestream's :class:`J2KHeader` that returns the
+            number (a policy that needs the image size or the levels before decoding). Other
+            transfer syntaxes ignore it. ``meta.reduce`` says what was done; the codes are then
+            ``rows // 2**reduce`` x ``columns // 2**reduce``.
+        voi, invert, modalities, limits: as :func:`read_dicom`.
 
     Returns:
         ``(codes, lut, meta)``. ``lut`` is None when the values are the codes themselves (no
@@ -634,7 +791,14 @@ def decode_dicom(
         ImageError: as :func:`read_dicom`.
     """
     path = Path(path)
-    ds, stored = _decode(path, modalities, limits)
+    ds, stored, level = _decode(path, modalities, limits, reduce)
+    codes, lut, meta = _to_codes(path, ds, stored, voi=voi, invert=invert)
+    return codes, lut, (replace(meta, reduce=level) if level else meta)
+
+
+def _to_codes(path: Path, ds: Any, stored: np.ndarray, *, voi: bool, invert: bool
+              ) -> tuple[np.ndarray, np.ndarray | None, DicomMeta]:
+    """Stored values -> ``(codes, lut, meta)`` of :func:`decode_dicom`."""
     code_type = _CODE_DTYPES.get(stored.dtype)
     if code_type is None:
         image, value_range = _safe_values(path, ds, stored, voi=voi, invert=invert)
