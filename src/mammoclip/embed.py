@@ -22,6 +22,7 @@ from mammoclip.data.datasets import resize_to, to_tensor
 from mammoclip.data.manifest import Bundle
 from mammoclip.data.transforms import normalize_images
 from mammoclip.errors import DataError
+from mammoclip.evaluate import distributed as D
 from mammoclip.evaluate.features import check_image_size, extract_features, model_device
 from mammoclip.imaging.imageio import read_image
 
@@ -80,10 +81,13 @@ def export_embeddings(
         split: Restrict images to one split (``all`` = every row).
         checkpoint: How to rebuild the model (recorded for ``neighbors``).
 
+    Under torchrun each process embeds its share of the images and reports, the rows are merged in
+    manifest order and rank 0 alone writes the file: the same file as one process writes.
+
     Returns:
-        The written path.
+        The written path (on every rank).
     """
-    from mammoclip.evaluate.zeroshot import encode_texts
+    from mammoclip.evaluate.zeroshot import encode_text_rows
 
     out = Path(out)
     if out.suffix not in (".parquet", ".npz", ".csv"):
@@ -101,12 +105,7 @@ def export_embeddings(
         raw_rows.extend(feats["pooled"])
     if texts and len(bundle.reports):
         df, text_list = _text_rows(bundle)
-        was_training = model.training
-        model.eval()
-        try:
-            emb = encode_texts(model, text_list).cpu().numpy()  # (R, D)
-        finally:
-            model.train(was_training)
+        emb = encode_text_rows(model, text_list)  # (R, D)
         frames.append(df)
         emb_rows.extend(emb)
         raw_rows.extend([None] * len(emb))
@@ -115,6 +114,15 @@ def export_embeddings(
     table = pd.concat(frames, ignore_index=True)
     meta = {"checkpoint": checkpoint, "image_size": list(model.preprocess_cfg.image_size),
             "embed_dim": int(len(emb_rows[0]))}
+    if D.job().is_primary:  # every rank holds the merged rows; one writes them
+        _write_table(out, table, emb_rows, raw_rows, meta, images=images)
+    D.job_barrier()  # the file exists on every rank's return
+    return out
+
+
+def _write_table(out: Path, table: pd.DataFrame, emb_rows: list[np.ndarray], raw_rows: list[np.ndarray | None],
+                 meta: dict[str, Any], *, images: bool) -> None:
+    """Write the id table and its vectors in the format of ``out``'s suffix."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         import pyarrow as pa
@@ -135,7 +143,6 @@ def export_embeddings(
     else:
         vec = pd.DataFrame(np.stack(emb_rows), columns=[f"e{i}" for i in range(len(emb_rows[0]))])
         pd.concat([table, vec], axis=1).to_csv(out, index=False)
-    return out
 
 
 def load_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:

@@ -39,13 +39,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _embed(args: argparse.Namespace) -> int:
     check_inputs(args)  # before the imports below, which take seconds
     from mammoclip.embed import export_embeddings
+    from mammoclip.evaluate import distributed as D
 
-    resolve_out(args)
-    out = export_embeddings(load_model(args), load_manifest(args), args.out, images=args.what in ("both", "images"),
-                            texts=args.what in ("both", "texts"), split=args.split, batch_size=args.batch_size,
-                            num_workers=args.workers, allow_resize=args.allow_resize,
-                            checkpoint=str(args.checkpoint), progress=None)
-    print(out)
+    bundle = load_manifest(args)
+    with D.inference_job(args.device) as device:  # one process, or every process of a torchrun job
+        args.device = str(device)
+        model = load_model(args)
+        args.out = D.on_primary(lambda: resolve_out(args))
+        out = export_embeddings(model, bundle, args.out, images=args.what in ("both", "images"),
+                                texts=args.what in ("both", "texts"), split=args.split, batch_size=args.batch_size,
+                                num_workers=args.workers, allow_resize=args.allow_resize,
+                                checkpoint=str(args.checkpoint), progress=None)
+        if D.job().is_primary:
+            print(out)
     return 0
 
 

@@ -32,20 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     check_inputs(args)  # before the imports below, which take seconds
-    import torch
-
+    from mammoclip.evaluate import distributed as D
     from mammoclip.evaluate.probe import init_factory, run_probe
 
-    resolve_out(args)
-    sweep = sweep_kwargs(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    base = init_factory(args.checkpoint)
-    bundle = load_manifest(args)
-    results = run_probe(
-        lambda init: base(init).to(device), bundle, args.task, **sweep,
-        val_fraction=args.val_fraction, feature_kind=args.features, cache_dir=args.cache,
-        batch_size=args.batch_size, num_workers=args.workers, progress=None,
-    )
-    print_summary(results, args.out, counts=split_counts(bundle, args.task, "test"),
-                  split_note="heads fitted on train, C selected on held-out train patients")
+    with D.inference_job(args.device) as device:  # one process, or every process of a torchrun job
+        args.out = D.on_primary(lambda: resolve_out(args))
+        sweep = sweep_kwargs(args)  # a task typo fails here, before the manifest is read
+        base = init_factory(args.checkpoint)
+        bundle = load_manifest(args)
+        results = run_probe(
+            lambda init: base(init).to(device), bundle, args.task, **sweep,
+            val_fraction=args.val_fraction, feature_kind=args.features, cache_dir=args.cache,
+            batch_size=args.batch_size, num_workers=args.workers, progress=None,
+        )
+        if D.job().is_primary:
+            print_summary(results, args.out, counts=split_counts(bundle, args.task, "test"),
+                          split_note="heads fitted on train, C selected on held-out train patients")
     return 0

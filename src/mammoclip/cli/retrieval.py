@@ -29,14 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     check_inputs(args)  # before the imports below, which take seconds
+    from mammoclip.evaluate import distributed as D
     from mammoclip.evaluate.retrieval import run_retrieval
 
     ks = tuple(args.ks)
     bundle = load_manifest(args)
-    model = load_model(args)
-    resolve_out(args)
-    results = run_retrieval(model, bundle, split=args.split, ks=ks, out_dir=args.out,
-                            batch_size=args.batch_size, num_workers=args.workers, allow_resize=args.allow_resize,
-                            model_name=str(args.checkpoint), progress=None)
-    print_summary(results, args.out, counts=split_counts(bundle, None, args.split))
+    with D.inference_job(args.device) as device:  # one process, or every process of a torchrun job
+        args.device = str(device)
+        model = load_model(args)
+        args.out = D.on_primary(lambda: resolve_out(args))
+        results = run_retrieval(model, bundle, split=args.split, ks=ks, out_dir=args.out,
+                                batch_size=args.batch_size, num_workers=args.workers,
+                                allow_resize=args.allow_resize, model_name=str(args.checkpoint), progress=None)
+        if D.job().is_primary:
+            print_summary(results, args.out, counts=split_counts(bundle, None, args.split))
     return 0

@@ -37,16 +37,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     check_inputs(args)  # before the imports below, which take seconds
+    from mammoclip.evaluate import distributed as D
     from mammoclip.evaluate.tasks import get_task
     from mammoclip.evaluate.zeroshot import run_zeroshot
 
     get_task(args.task)
     bundle = load_manifest(args)
-    model = load_model(args)
-    resolve_out(args)
-    results = run_zeroshot(model, bundle, args.task, prompts=args.prompts, out_dir=args.out, split=args.split,
-                           aggregate=args.aggregate, use_logit_scale=args.logit_scale, batch_size=args.batch_size,
-                           num_workers=args.workers, n_boot=args.n_boot, allow_resize=args.allow_resize,
-                           model_name=str(args.checkpoint), progress=None)
-    print_summary(results, args.out, counts=split_counts(bundle, args.task, args.split))
+    with D.inference_job(args.device) as device:  # one process, or every process of a torchrun job
+        args.device = str(device)
+        model = load_model(args)
+        args.out = D.on_primary(lambda: resolve_out(args))
+        results = run_zeroshot(model, bundle, args.task, prompts=args.prompts, out_dir=args.out, split=args.split,
+                               aggregate=args.aggregate, use_logit_scale=args.logit_scale,
+                               batch_size=args.batch_size, num_workers=args.workers, n_boot=args.n_boot,
+                               allow_resize=args.allow_resize, model_name=str(args.checkpoint), progress=None)
+        if D.job().is_primary:
+            print_summary(results, args.out, counts=split_counts(bundle, args.task, args.split))
     return 0

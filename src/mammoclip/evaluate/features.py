@@ -5,6 +5,10 @@ Features are extracted once per (model weights, manifest, image size, kind) with
 off, which is what makes the probe a *linear probe* (the original keeps the encoder in train mode,
 docs/original.md §6.2). The cache key hashes the weights themselves, so a retrained checkpoint in the
 same folder never reuses stale features.
+
+Under torchrun each process extracts its contiguous share of the rows
+(:func:`mammoclip.evaluate.distributed.shard_range`) and every process gets all rows back in manifest
+order, so the arrays equal one process's; only rank 0 shows progress and writes the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mammoclip.data.datasets import ImageDataset
 from mammoclip.data.manifest import Bundle
 from mammoclip.data.transforms import normalize_images
 from mammoclip.errors import DataError
+from mammoclip.evaluate import distributed as D
 from mammoclip.imaging.imageio import read_image
 from mammoclip.progress import progress_bar
 
@@ -33,6 +38,10 @@ FEATURE_KINDS: tuple[str, ...] = ("pooled", "projected")
 def resolve_model(spec: str | Path, **overrides: Any) -> torch.nn.Module:
     """A model from a checkpoint directory or a registry name (``mammoclip models list``).
 
+    The parts of a registry model that no pretrained file provides are initialised under a fixed
+    seed (:func:`mammoclip.evaluate.distributed.seeded`), so every process of a torchrun job, and
+    every run, builds the same weights.
+
     Raises:
         ConfigError / CheckpointError: from the model layer, naming the problem.
     """
@@ -41,7 +50,7 @@ def resolve_model(spec: str | Path, **overrides: Any) -> torch.nn.Module:
     path = Path(spec)
     if path.exists():
         return load_checkpoint(path)
-    return create_model(str(spec), **overrides)
+    return D.seeded(lambda: create_model(str(spec), **overrides))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -77,18 +86,21 @@ def check_image_size(model: Any, bundle: Bundle, *, allow_resize: bool = False, 
 
 
 def image_batches(
-    model: Any, bundle: Bundle, *, batch_size: int = 16, num_workers: int = 0
+    model: Any, bundle: Bundle, *, batch_size: int = 16, num_workers: int = 0, rows: range | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Stream ``(indices (B,), normalised images (B, 1, H, W))`` over the manifest rows, in order.
 
     Decoding and resizing run in DataLoader workers, so with ``num_workers > 0`` they overlap with
     the model's forward; normalisation runs on the model's device.
+
+    Args:
+        rows: The manifest rows to stream (default: all); the indices stay the manifest's.
     """
     dataset = ImageDataset(bundle, tuple(model.preprocess_cfg.image_size))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=False,
+        sampler=rows if rows is not None else range(len(dataset)),
         num_workers=num_workers,
         pin_memory=model_device(model).type == "cuda",
         persistent_workers=False,
@@ -112,7 +124,8 @@ def extract_features(
     """Frozen features of every manifest row, in manifest order.
 
     The model is put in ``eval()`` mode for the extraction and its previous mode restored after;
-    nothing is updated (no gradients, BatchNorm statistics untouched).
+    nothing is updated (no gradients, BatchNorm statistics untouched). Under torchrun each process
+    computes its share of the rows and every process returns all of them.
 
     Returns:
         ``kind -> (N, F)`` float32 arrays.
@@ -120,24 +133,25 @@ def extract_features(
     unknown = set(kinds) - set(FEATURE_KINDS)
     if unknown:
         raise ValueError(f"unknown feature kinds {sorted(unknown)}; choose from {FEATURE_KINDS}")
+
+    def share(rows: range) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+        bar = progress_bar(len(rows), "features", "img", enabled=progress if D.job().is_primary else False)
+        for _, images in image_batches(model, bundle, batch_size=batch_size, num_workers=num_workers, rows=rows):
+            if "pooled" in kinds:
+                parts["pooled"].append(model.image_features(images).float().cpu().numpy())  # (B, F)
+            if "projected" in kinds:
+                parts["projected"].append(model.encode_image(images, normalize=True).float().cpu().numpy())  # (B, D)
+            bar.update(len(images))
+        bar.close()
+        return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+
     was_training = model.training
     model.eval()
-    n = len(bundle.images)
-    out: dict[str, np.ndarray] = {}
     try:
-        bar = progress_bar(n, "features", "img", enabled=progress)
-        for idx, images in image_batches(model, bundle, batch_size=batch_size, num_workers=num_workers):
-            if "pooled" in kinds:
-                f = model.image_features(images).float().cpu().numpy()  # (B, F)
-                out.setdefault("pooled", np.zeros((n, f.shape[1]), np.float32))[idx.numpy()] = f
-            if "projected" in kinds:
-                e = model.encode_image(images, normalize=True).float().cpu().numpy()  # (B, D)
-                out.setdefault("projected", np.zeros((n, e.shape[1]), np.float32))[idx.numpy()] = e
-            bar.update(len(idx))
-        bar.close()
+        return D.sharded(len(bundle.images), share, what="image features")
     finally:
         model.train(was_training)
-    return out
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -185,14 +199,23 @@ def cached_features(
     ).hexdigest()[:24]
     path = Path(cache_dir) / f"features-{key}.npz"
     ids = bundle.images["image_id"].astype(str).to_numpy().astype("U")
-    if path.exists():
+
+    def read() -> dict[str, np.ndarray] | None:
+        if not path.exists():
+            return None
         with np.load(path, allow_pickle=False) as data:
-            if np.array_equal(data["image_id"], ids):
-                return {k: data[k] for k in kinds}
+            return {k: data[k] for k in kinds} if np.array_equal(data["image_id"], ids) else None
+
+    # rank 0 decides and sends the hit: every rank must take the same branch (the extraction below is a
+    # collective), even on machines that do not share the cache folder.
+    hit = D.on_primary(read)
+    if hit is not None:
+        return hit
     feats = extract_features(model, bundle, kinds=kinds, batch_size=batch_size, num_workers=num_workers,
                              progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **{"image_id": ids, **feats})
-    tmp.replace(path)
+    if D.job().is_primary:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **{"image_id": ids, **feats})
+        tmp.replace(path)
     return feats

@@ -26,6 +26,7 @@ import pandas as pd
 
 from mammoclip.data.manifest import Bundle
 from mammoclip.errors import ConfigError, DataError
+from mammoclip.evaluate import distributed as D
 from mammoclip.evaluate.features import cached_features, check_image_size
 from mammoclip.evaluate.metrics import (
     DEFAULT_BOOTSTRAP,
@@ -43,6 +44,10 @@ DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 INITS: tuple[str, ...] = ("pretrained", "random", "imagenet")
 #: Iteration cap of the logistic regression solver.
 MAX_ITER: int = 2000
+#: Torch seed of the ``random``/``imagenet`` baselines' fresh weights: fixed, so that every process of a
+#: torchrun job builds the same baseline, and not 0, the seed a randomly initialised checkpoint was
+#: most likely built with (which would make the "random" baseline that very checkpoint).
+BASELINE_SEED: int = 1
 
 
 @dataclass
@@ -221,20 +226,35 @@ def run_probe(
         n_boot: Bootstrap replicates of the CIs, computed for each init's largest fraction, first seed.
 
     Returns:
-        The results dict (as written to ``results.json``).
+        The results dict (as written to ``results.json``), the same on every rank under torchrun, where
+        the feature extraction is shared out and rank 0 alone fits the heads and writes the folder.
     """
     spec, sub, labels = sweep_inputs(bundle, task, inits)
     out = Path(out_dir) if out_dir is not None else None
     if cache_dir is None and out is not None:
         cache_dir = out / "cache"
-    rows, pred_frames, metrics = [], [], {}
-    top = max(fractions)
-    for init in inits:
+    features: dict[str, np.ndarray] = {}
+    for init in inits:  # every rank (torchrun) extracts its share of the rows; every rank gets them all
         model = model_factory(init)
         check_image_size(model, sub, allow_resize=allow_resize)
-        feats = cached_features(model, sub, cache_dir, kinds=(feature_kind,), batch_size=batch_size,
-                                num_workers=num_workers, progress=progress)[feature_kind]
+        features[init] = cached_features(model, sub, cache_dir, kinds=(feature_kind,), batch_size=batch_size,
+                                         num_workers=num_workers, progress=progress)[feature_kind]
         del model
+    # the fits, metrics and files once, on rank 0; every rank returns its results
+    return D.on_primary(lambda: _fit_probes(features, labels, sub, spec, out, fractions=fractions, seeds=seeds,
+                                            Cs=Cs, val_fraction=val_fraction, feature_kind=feature_kind,
+                                            aggregate=aggregate, n_boot=n_boot, model_name=model_name))
+
+
+def _fit_probes(features: dict[str, np.ndarray], labels: np.ndarray, sub: Bundle, spec: TaskSpec,
+                out: Path | None, *, fractions: Sequence[float], seeds: Sequence[int], Cs: Sequence[float],
+                val_fraction: float, feature_kind: str, aggregate: str, n_boot: int,
+                model_name: str) -> dict[str, Any]:
+    """The sweep of :func:`run_probe` on its frozen features (``init -> (N, F)``), and its run folder."""
+    inits = list(features)
+    rows, pred_frames, metrics = [], [], {}
+    top = max(fractions)
+    for init, feats in features.items():
         for fraction in fractions:
             for seed in seeds:
                 row, probs = probe_once(feats, labels, sub.images, spec, fraction=fraction, seed=seed, Cs=Cs,
@@ -325,6 +345,7 @@ def init_factory(checkpoint: str | Path) -> Callable[[str], Any]:
         base: Any = resolve_model(checkpoint)
         if init == "pretrained":
             return base
-        return create_model(base.cfg, pretrained=init == "imagenet")
+        # seeded: every process of a torchrun job must build the same random weights
+        return D.seeded(lambda: create_model(base.cfg, pretrained=init == "imagenet"), seed=BASELINE_SEED)
 
     return factory

@@ -18,8 +18,9 @@ import pandas as pd
 
 from mammoclip.data.manifest import Bundle
 from mammoclip.errors import DataError
+from mammoclip.evaluate import distributed as D
 from mammoclip.evaluate.features import check_image_size, extract_features
-from mammoclip.evaluate.zeroshot import encode_texts
+from mammoclip.evaluate.zeroshot import encode_text_rows
 
 #: K values reported.
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
@@ -68,7 +69,8 @@ def run_retrieval(
     """Image->text and text->image Recall@K on one split; writes ``results.json``/``index.html``.
 
     Returns:
-        The results dict with ``metrics = {"image_to_text": {...}, "text_to_image": {...}}``.
+        The results dict with ``metrics = {"image_to_text": {...}, "text_to_image": {...}}``, the same on
+        every rank under torchrun (the images and reports are shared out; rank 0 scores and writes).
     """
     part = bundle.split(split) if split != "all" else bundle
     images = part.images
@@ -84,12 +86,14 @@ def run_retrieval(
     report_ids = list(dict.fromkeys(images["report_id"].astype(str)))
     img = extract_features(model, part, kinds=("projected",), batch_size=batch_size, num_workers=num_workers,
                            progress=progress)["projected"]  # (N, D)
-    was_training = model.training
-    model.eval()
-    try:
-        txt = encode_texts(model, [texts[r] for r in report_ids]).cpu().numpy()  # (R, D)
-    finally:
-        model.train(was_training)
+    txt = encode_text_rows(model, [texts[r] for r in report_ids])  # (R, D)
+    return D.on_primary(lambda: _score_retrieval(img, txt, images, report_ids, ks, split=split, out_dir=out_dir,
+                                                 model_name=model_name))
+
+
+def _score_retrieval(img: np.ndarray, txt: np.ndarray, images: pd.DataFrame, report_ids: list[str],
+                     ks: Sequence[int], *, split: str, out_dir: str | Path | None, model_name: str) -> dict[str, Any]:
+    """The results of :func:`run_retrieval` from the merged embeddings (and its run folder)."""
     sims = img @ txt.T  # (N, R)
     pos_of_report = {r: i for i, r in enumerate(report_ids)}
     img_report = images["report_id"].astype(str).map(pos_of_report).to_numpy()

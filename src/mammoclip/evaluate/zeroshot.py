@@ -20,6 +20,7 @@ import torch
 
 from mammoclip.data.manifest import Bundle, splits_from_hash
 from mammoclip.errors import ConfigError, DataError
+from mammoclip.evaluate import distributed as D
 from mammoclip.evaluate.features import check_image_size, image_batches, model_device
 from mammoclip.evaluate.metrics import DEFAULT_BOOTSTRAP, evaluate_predictions, score_columns
 from mammoclip.evaluate.tasks import TaskSpec, get_task, task_labels
@@ -80,6 +81,21 @@ def encode_texts(model: Any, texts: list[str], *, batch_size: int = TEXT_BATCH) 
     return torch.cat(out).float()  # (N, D)
 
 
+def encode_text_rows(model: Any, texts: list[str], *, batch_size: int = TEXT_BATCH) -> np.ndarray:
+    """``(N, D)`` float32 :func:`encode_texts` of a corpus (reports), model in eval mode, its mode restored.
+
+    Under torchrun each process encodes its share of the texts and every process returns all of them.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return D.sharded(len(texts), lambda rows: {"emb": encode_texts(model, texts[rows.start:rows.stop],
+                                                                        batch_size=batch_size).cpu().numpy()},
+                         what="text embeddings").get("emb", np.zeros((0, model.embed_dim), np.float32))
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def class_embeddings(model: Any, prompts: dict[str, list[str]]) -> torch.Tensor:
     """``(K, D)`` one unit vector per class: mean of its normalised prompt embeddings, renormalised."""
@@ -103,22 +119,33 @@ def zero_shot_probs(
     num_workers: int = 0,
     progress: bool | None = False,
 ) -> np.ndarray:
-    """``(N, K)`` class probabilities of every manifest row (softmax over cosine similarities)."""
+    """``(N, K)`` class probabilities of every manifest row (softmax over cosine similarities).
+
+    Under torchrun each process scores its share of the rows and every process returns all of them.
+    """
     was_training = model.training
     model.eval()
     scale = float(model.scale()) if use_logit_scale else 1.0
-    probs = np.zeros((len(bundle.images), weights.shape[0]), np.float64)
-    bar = progress_bar(len(bundle.images), "zero-shot", "img", enabled=progress)
+
+    def share(rows: range) -> dict[str, np.ndarray]:
+        parts = []
+        bar = progress_bar(len(rows), "zero-shot", "img", enabled=progress if D.job().is_primary else False)
+        try:
+            for _, images in image_batches(model, bundle, batch_size=batch_size, num_workers=num_workers,
+                                           rows=rows):
+                emb = model.encode_image(images, normalize=True).float()  # (B, D)
+                sims = scale * emb @ weights.T  # (B, K)
+                parts.append(sims.softmax(dim=-1).double().cpu().numpy())
+                bar.update(len(images))
+        finally:
+            bar.close()
+        return {"probs": np.concatenate(parts)}
+
     try:
-        for idx, images in image_batches(model, bundle, batch_size=batch_size, num_workers=num_workers):
-            emb = model.encode_image(images, normalize=True).float()  # (B, D)
-            sims = scale * emb @ weights.T  # (B, K)
-            probs[idx.numpy()] = sims.softmax(dim=-1).double().cpu().numpy()
-            bar.update(len(idx))
+        merged = D.sharded(len(bundle.images), share, what="zero-shot probabilities")
     finally:
-        bar.close()
         model.train(was_training)
-    return probs
+    return merged.get("probs", np.zeros((0, weights.shape[0]), np.float64))
 
 
 def _select_split(bundle: Bundle, split: str) -> Bundle:
@@ -163,7 +190,8 @@ def run_zeroshot(
         allow_resize: Resize images whose size differs from the model's input instead of failing.
 
     Returns:
-        The results dict (as written to ``results.json``).
+        The results dict (as written to ``results.json``), the same on every rank under torchrun,
+        where the images are shared out and rank 0 alone computes the metrics and writes the folder.
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     part = _select_split(bundle, split)
@@ -173,6 +201,18 @@ def run_zeroshot(
     weights = class_embeddings(model, table)
     probs = zero_shot_probs(model, part, weights, use_logit_scale=use_logit_scale, batch_size=batch_size,
                             num_workers=num_workers, progress=progress)
+    # metrics and files once, on rank 0, from the merged probabilities; every rank returns its results
+    return D.on_primary(lambda: _score_zeroshot(bundle, part, spec, labels, probs, table, prompts=prompts,
+                                                out_dir=out_dir, split=split, aggregate=aggregate,
+                                                use_logit_scale=use_logit_scale, n_boot=n_boot,
+                                                model_name=model_name))
+
+
+def _score_zeroshot(bundle: Bundle, part: Bundle, spec: TaskSpec, labels: np.ndarray, probs: np.ndarray,
+                    table: dict[str, list[str]], *, prompts: str | Path | dict[str, list[str]],
+                    out_dir: str | Path | None, split: str, aggregate: str, use_logit_scale: bool, n_boot: int,
+                    model_name: str) -> dict[str, Any]:
+    """The results of :func:`run_zeroshot` from its ``(N, K)`` probabilities (and its run folder)."""
     cols = score_columns(spec.class_names)
     preds = part.images[["image_id", "patient_id", "study_id", "laterality", "view"]].copy()
     preds["label"] = labels

@@ -4,85 +4,30 @@
 sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` and the same code runs
 on N processes: NCCL when CUDA is used, gloo on CPU. Rank-0-only work sits behind
 :func:`is_primary`. Reference: open_clip ``open_clip_train/distributed.py``, timm ``utils/distributed.py``.
+
+Process placement (:class:`DistInfo`, :func:`init_distributed`, :func:`is_primary`, ...) lives in
+:mod:`mammoclip.evaluate.distributed`, where inference can use it without importing the trainer, and
+is re-exported here; this module adds what only training needs.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in the job."""
-
-    #: Global rank.
-    rank: int = 0
-    #: Number of processes.
-    world_size: int = 1
-    #: Rank on this machine (picks the GPU).
-    local_rank: int = 0
-    #: The device this process computes on.
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_primary(self) -> bool:
-        return self.rank == 0
-
-
-def env_world() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` when absent)."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return rank, world, local
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun; a no-op for a single process.
-
-    Args:
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
-
-    Returns:
-        The :class:`DistInfo` of this process (the process group is initialised when world > 1).
-    """
-    rank, world, local = env_world()
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
-
-
-def current() -> DistInfo:
-    """The :class:`DistInfo` of an already-initialised process (CPU device; world 1 if none)."""
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
-    return DistInfo()
-
-
-def is_primary() -> bool:
-    """True on rank 0 (and in a single process): the one process that writes files and logs."""
-    return current().is_primary
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op without a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+from mammoclip.evaluate.distributed import (  # noqa: F401 - re-exported: the trainer's one import
+    DistInfo,
+    barrier,
+    cleanup,
+    current,
+    env_world,
+    init_distributed,
+    is_primary,
+)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -92,12 +37,6 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(y, op=dist.ReduceOp.SUM)
         y /= dist.get_world_size()
     return y
-
-
-def cleanup() -> None:
-    """Destroy the process group if one exists."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 class ResumableSampler(Sampler[int]):
