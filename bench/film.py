@@ -16,7 +16,18 @@ It also compares the crop boxes of the standard (non-film) synthetic images, whi
 numbers depend on, and times them apart: those without a burned-in marker (the path a detector
 image takes) and those with one. Prints the tables and writes ``bench/out/film.json``.
 
+With ``--e2e N`` it also times what a user of ``mammoclip preprocess`` feels: N film-style images
+written as DICOMs (MONOCHROME2, 16-bit, uncompressed, no VOI: a digitized film), each decoded,
+segmented, rendered to 1520 x 912 and written as a PNG (``process_image`` + ``write_png``, the work
+of one preprocessing worker per image), by the working tree and by the ``--before`` revision checked
+out in a git worktree (``--e2e-tree``, or a temporary one). Each run is its own Python process with
+one thread; runs alternate (before, after, before, after, ...: ``--e2e-rounds`` each) so that load
+from other jobs hits both alike; a run reports the median over its images of the wall and CPU ms
+per image (the first image is processed once untimed: lazy imports), and the table shows the median
+over rounds.
+
     python bench/film.py --images 200 --before 718581f
+    python bench/film.py --images 200 --e2e 40 --e2e-rounds 3
 """
 
 from __future__ import annotations
@@ -108,6 +119,87 @@ def has_artefact(module: Any, image: np.ndarray) -> bool:
     return plateau is not None and bool(module.saturated_artefacts(small, module._foreground(small), plateau).any())
 
 
+#: One preprocessing run in its own process: ``argv`` = DICOM folder, PNG folder, result JSON, H, W.
+_E2E_RUN = """
+import json, sys, time
+from pathlib import Path
+import cv2
+cv2.setNumThreads(1)
+import mammoclip
+from mammoclip.data.preprocess import PreprocessOptions, process_image
+from mammoclip.imaging.imageio import write_png
+src, dst, res, h, w = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+options = PreprocessOptions(size=(h, w))
+files = sorted(Path(src).glob("*.dcm"))
+process_image(files[0], options)
+wall, cpu = [], []
+for path in files:
+    t0, c0 = time.perf_counter(), time.thread_time()
+    image, _ = process_image(path, options)
+    write_png(dst / (path.stem + ".png"), image)
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.thread_time() - c0)
+json.dump({"module": mammoclip.__file__, "wall": wall, "cpu": cpu}, open(res, "w"))
+"""
+
+
+def write_film_dicom(path: Path, image: np.ndarray) -> None:
+    """A digitized film as a DICOM: MONOCHROME2 16-bit codes, uncompressed, no VOI, no orientation."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # digital mammography, for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "MG", "FILM"
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.ascontiguousarray(image, dtype=np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def time_preprocess(images: list[np.ndarray], before: str, tree: str | None, rounds: int,
+                    size: tuple[int, int]) -> dict[str, Any]:
+    """Median wall and CPU ms per image of decode + segment + render + PNG, before and after."""
+    results: dict[str, dict[str, list[float]]] = {"before": {"wall": [], "cpu": []}, "after": {"wall": [], "cpu": []}}
+    modules: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        dicoms = tmp / "dicom"
+        dicoms.mkdir()
+        for i, image in enumerate(images):
+            write_film_dicom(dicoms / f"film{i:04d}.dcm", image)
+        old_tree = Path(tree) if tree else tmp / "before"
+        if not tree:
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old_tree), before], cwd=ROOT, check=True)
+        try:
+            sources = {"before": old_tree / "src", "after": ROOT / "src"}
+            for r in range(rounds):
+                for name, src in sources.items():
+                    out = tmp / f"png-{name}-{r}"
+                    out.mkdir()
+                    res = tmp / f"{name}-{r}.json"
+                    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+                    subprocess.run([sys.executable, "-c", _E2E_RUN, str(dicoms), str(out), str(res), *map(str, size)],
+                                   env=env, check=True)
+                    run = json.loads(res.read_text())
+                    modules[name] = run["module"]
+                    for key in ("wall", "cpu"):
+                        results[name][key].append(1000 * float(np.median(run[key])))
+        finally:
+            if not tree:
+                subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
+    for name, src in (("before", str(old_tree)), ("after", str(ROOT))):
+        if not modules[name].startswith(src):
+            raise RuntimeError(f"bench/film.py: the {name} run imported {modules[name]}, not the tree {src}")
+    return {name: {"wall_ms": float(np.median(v["wall"])), "cpu_ms": float(np.median(v["cpu"])),
+                   "wall_rounds": v["wall"], "cpu_rounds": v["cpu"]} for name, v in results.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
@@ -116,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default="718581f", help="git revision of the 'before' segmentation")
     parser.add_argument("--standard", type=int, default=50, help="standard synthetic images to compare")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image and method")
+    parser.add_argument("--e2e", type=int, default=0,
+                        help="also time preprocessing end to end (decode + segment + render + PNG) on this many "
+                             "film DICOMs, before vs after (0: skip)")
+    parser.add_argument("--e2e-rounds", type=int, default=2, help="alternating runs per method for --e2e")
+    parser.add_argument("--e2e-tree", default=None,
+                        help="a checkout of --before (e.g. `git worktree add /tmp/old 718581f`); default: a temporary one")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "film.json"))
     args = parser.parse_args(argv)
 
@@ -152,15 +250,28 @@ def main(argv: list[str] | None = None) -> int:
     plain_ms = time_methods(segments, plain, args.repeats) if plain else {}
     marked_ms = time_methods(segments, marked, args.repeats) if marked else {}
     n_std = len(plain) + len(marked)
+    load_start = os.getloadavg()[0]
+    e2e = (time_preprocess([f.image for f in images[:args.e2e]], args.before, args.e2e_tree, args.e2e_rounds, (h, w))
+           if args.e2e > 0 else {})
 
     cores = len(os.sched_getaffinity(0))
     print(f"{args.images} film-style images {h}x{w}, seed {args.seed}; before = {args.before}; "
           f"{platform.processor() or platform.machine()}, {cores} cores, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'method':8} {'marker in crop':>15} {'breast lost':>12} {'worst image':>12} {'CPU ms/image':>13}")
+    e2e_head = f" {'preprocess ms/image (wall, CPU)':>32}" if e2e else ""
+    print(f"{'method':8} {'marker in crop':>15} {'breast lost':>12} {'worst image':>12} {'segment CPU ms':>15}"
+          + e2e_head)
     for name, r in rows.items():
         r["ms_per_image"] = film_ms[name]
+        cell = f" {e2e[name]['wall_ms']:20.1f}, {e2e[name]['cpu_ms']:9.1f}" if e2e else ""
         print(f"{name:8} {100 * r['marker_in_crop']:14.1f}% {100 * r['breast_lost']:11.3f}% "
-              f"{100 * r['breast_lost_worst']:11.2f}% {film_ms[name]:13.2f}")
+              f"{100 * r['breast_lost_worst']:11.2f}% {film_ms[name]:15.2f}" + cell)
+    print(f"segmentation after vs before: {100 * (film_ms['after'] / film_ms['before'] - 1):+.1f} %")
+    if e2e:
+        for key, label in (("wall_ms", "wall"), ("cpu_ms", "CPU")):
+            print(f"preprocess per image ({label}, median of {args.e2e_rounds} alternating runs of {args.e2e} "
+                  f"DICOMs): {e2e['before'][key]:.1f} -> {e2e['after'][key]:.1f} ms "
+                  f"({100 * (e2e['after'][key] / e2e['before'][key] - 1):+.1f} %)")
+        print(f"load average {load_start:.1f} before the preprocess runs, {os.getloadavg()[0]:.1f} after")
     for table, title in (("per_gap", "gap to the breast box (% of width)"), ("per_kind", "kind")):
         print(f"\nartefacts with a pixel in the crop, by {title}: before / after")
         keys = sorted(rows["before"][table], key=lambda k: (float(k.split()[0]), "") if table == "per_gap" else (0, k))
@@ -181,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.platform(), "cores": cores, "python": sys.version.split()[0],
         "standard_identical": [same, n_std], "standard_changed": changed,
         "standard_ms": {"plain": [len(plain), plain_ms], "marker": [len(marked), marked_ms]},
+        "preprocess": {"images": args.e2e, "rounds": args.e2e_rounds, **e2e},
+        "load_average_end": os.getloadavg()[0],
         **rows,
     }, indent=2))
     print(f"-> {out}")

@@ -3,6 +3,8 @@ the transposed render path, and the segmentation's crop boxes on the real films 
 
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
@@ -11,11 +13,17 @@ from mammoclip.imaging.breast import (
     WINDOWS,
     BreastPreprocess,
     TransformRecord,
+    _components,
+    _foreground,
+    _label_counts,
     _largest_component,
+    _lookup,
+    _to_uint8,
     map_codes,
     plan_transform,
     resize_area,
     segment_breast,
+    tail_percentiles,
     to_bits,
     to_unit,
 )
@@ -184,3 +192,122 @@ def test_real_film_crops_unchanged() -> None:
         seg = segment_breast(codes, lut=lut)
         found[f"{path.parent.name}/{path.name}"] = (seg.x0, seg.y0, seg.x1, seg.y1, seg.chest_wall)
     assert found == REAL_BOXES
+
+
+def _tail_cases() -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(11)
+    spikes = np.zeros(5000, np.float32)
+    spikes[rng.integers(0, 5000, 6)] = 1e30
+    signed_zeros = np.full(4500, -0.0, np.float32)
+    signed_zeros[:3] = np.inf
+    with_nan = rng.normal(size=6000).astype(np.float32)
+    with_nan[17] = np.nan
+    return [
+        ("normal float32", rng.normal(size=(300, 200)).astype(np.float32)),
+        ("few levels (ties at both thresholds)", rng.integers(0, 4, 20000).astype(np.float32)),
+        ("float64", rng.random(9000)),
+        ("sparse spikes", spikes),
+        ("signed zeros and inf", signed_zeros),
+        ("sorted descending", np.sort(rng.exponential(size=7000))[::-1].astype(np.float32)),
+        ("constant", np.full(5000, 3.25, np.float32)),
+        ("NaN (numpy's own path)", with_nan),
+        ("short (numpy's own path)", rng.normal(size=37).astype(np.float32)),
+        ("integer codes (numpy's own path)", rng.integers(0, 4096, 8000).astype(np.uint16)),
+        ("a film copy", resize_area(map_codes(phantom((1520, 912)), None), 307, 512)),
+    ]
+
+
+@pytest.mark.parametrize("q", [(0.5, 99.5), (99.5, 0.5), (0, 100), (50,), (0.1, 25, 99.9), (100,)])
+def test_tail_percentiles_are_numpys_to_the_bit(q: tuple[float, ...]) -> None:
+    for name, values in _tail_cases():
+        with np.errstate(invalid="ignore"):
+            ref = np.asarray(np.percentile(values, q), np.float64)
+            got = np.asarray(tail_percentiles(values, q), np.float64)
+        assert got.view(np.int64).tolist() == ref.view(np.int64).tolist(), name
+
+
+def test_tail_percentiles_fall_back_when_the_sample_misplaces_a_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The strided sample (every 12th value) holds all the small values: its low threshold has only
+    # ~70 values at or below it, fewer than the 0.5th percentile's rank (500), so numpy answers.
+    values = np.full(100_000, 1e6, np.float32)
+    values[::12] = np.arange(values[::12].size)
+    ref = np.percentile(values, (0.5, 99.5))
+    calls = []
+    percentile = np.percentile
+    monkeypatch.setattr(np, "percentile", lambda *a, **k: calls.append(1) or percentile(*a, **k))
+    assert tail_percentiles(values, (0.5, 99.5)) == tuple(float(v) for v in ref)
+    assert calls == [1]
+
+
+def _reference_foreground(small: np.ndarray, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The stretch and threshold as written before they were sped up (full float64 stretch, np.percentile)."""
+    use = exclude is not None and exclude.any()
+    values = small[::2, ::2][exclude[::2, ::2] == 0] if use else small
+    if values.size == 0:
+        values = small
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    if hi <= lo:
+        hi = lo + 1.0
+    u8 = (np.clip((small - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+    sample = u8[::2, ::2][exclude[::2, ::2] == 0].reshape(-1, 1) if use else u8
+    thr, _ = cv2.threshold(sample, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    _, fg = cv2.threshold(u8, max(1.0, 0.5 * thr), 1, cv2.THRESH_BINARY)
+    return u8, fg
+
+
+@pytest.mark.parametrize("kind", ["tissue", "levels", "skewed", "flat", "narrow"])
+@pytest.mark.parametrize("excluded", [0.0, 0.02, 0.5, 1.0])
+def test_stretch_and_foreground_equal_the_plain_computation(kind: str, excluded: float) -> None:
+    rng = np.random.default_rng(len(kind) + int(100 * excluded))
+    shape = (203, 131)
+    small = {
+        "tissue": rng.normal(900, 250, shape),
+        "levels": rng.integers(0, 4, shape),
+        "skewed": rng.random(shape) ** 4 * 65535,
+        "flat": np.full(shape, 3.5),
+        "narrow": rng.normal(0, 1e-3, shape) + 1e4,
+    }[kind].astype(np.float32)
+    exclude = (rng.random(shape) < excluded).astype(np.uint8) if excluded else None
+    u8, fg = _reference_foreground(small, exclude)
+    np.testing.assert_array_equal(_to_uint8(small, exclude), u8)
+    got = _foreground(small, exclude)
+    assert got.dtype == np.uint8 and got.shape == shape
+    np.testing.assert_array_equal(got, fg)
+
+
+def test_components_counts_and_lookup_match_opencv_and_numpy() -> None:
+    rng = np.random.default_rng(3)
+    for density in (0.3, 0.55, 0.9):  # many specks (> 256 labels), some, one large piece
+        binary = (rng.random((150, 110)) < density).astype(np.uint8)
+        n, labels = _components(binary)
+        n_ref, ref = cv2.connectedComponents(binary, connectivity=8)
+        assert n == n_ref and labels.dtype == np.uint16
+        np.testing.assert_array_equal(labels, ref)
+        mask = (rng.random(binary.shape) < 0.3).astype(np.uint8)
+        np.testing.assert_array_equal(_label_counts(labels, n), np.bincount(ref.ravel(), minlength=n))
+        np.testing.assert_array_equal(_label_counts(labels, n, mask), np.bincount(ref[mask > 0], minlength=n))
+        table = rng.integers(0, 256, n).astype(np.uint8)
+        np.testing.assert_array_equal(_lookup(table, labels), table[ref])
+
+
+#: Boxes and downsampled-mask digests of film-style images at 760 x 456 (seed 1), as segmented before
+#: the film path was sped up (exact percentiles from the tails, 8/16-bit labels, byte lookups).
+FILM_760 = {
+    0: (0, 153, 293, 652, "left", "576b51615ce27b35e74e26a45aae5ffb"),
+    1: (0, 0, 342, 730, "left", "670ec638734a1247ba5dd8c992e6e2ef"),
+    2: (157, 149, 456, 622, "right", "b9b4c7f7d0b260a758836bbea3999c4b"),
+    3: (120, 0, 456, 701, "right", "25fc4c7e0d1579c364239e185c4a5e1d"),
+    4: (0, 112, 291, 620, "left", "e9c68299a5951694396ed5d666531d9e"),
+    5: (0, 0, 317, 654, "left", "215ceb95e6afd84c1d075d8dad9f13a5"),
+}
+
+
+def test_film_crops_and_masks_unchanged() -> None:
+    from mammoclip.synthetic.film import film_image
+
+    found = {}
+    for i in FILM_760:
+        seg = segment_breast(film_image(1, i, (760, 456)).image)
+        digest = hashlib.md5(np.ascontiguousarray(seg.mask_small).tobytes()).hexdigest()
+        found[i] = (seg.x0, seg.y0, seg.x1, seg.y1, seg.chest_wall, digest)
+    assert found == FILM_760
