@@ -49,7 +49,7 @@ test: $(VENV)/.installed-test browser-deps
 	$(PY) -m pytest -q --durations=25
 
 bench: $(VENV)/.installed-test
-	@for f in $(filter-out bench/fuzz.py,$(wildcard bench/*.py)); do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in $(filter-out bench/fuzz.py bench/factor_sweep.py,$(wildcard bench/*.py)); do echo "== $$f"; $(PY) $$f || exit 1; done
 
 # The long fuzz run (the short one is part of `make test`): bounded by FUZZ_SECONDS (default 600)
 # or FUZZ_CASES; prints a table and writes bench/out/fuzz.json.

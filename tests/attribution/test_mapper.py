@@ -160,3 +160,64 @@ def test_tap_is_saved_and_a_mapper_without_one_reads_the_last_map(tmp_path: Path
 def test_bad_tap_is_refused(tap: object) -> None:
     with pytest.raises(ConfigError, match="feature tap must be"):
         FactorMapper(SPECS, torch.randn(2, 5), (6, 3, 2), (96, 64), tap=tap)  # type: ignore[arg-type]
+
+
+def test_descriptor_norms_remove_the_scale_they_promise(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    fmap = torch.randn(2, 6, 3, 2)
+    scale = torch.tensor([0.5, 7.0])[:, None, None, None]  # one scale per image
+    image = FactorMapper(SPECS, torch.randn(2, 5), (6, 3, 2), (96, 64), hidden=7, descriptor_norm="image")
+    assert torch.allclose(image.similarities(fmap * scale), image.similarities(fmap), atol=1e-5)
+    none = FactorMapper(SPECS, image.text, (6, 3, 2), (96, 64), hidden=7)
+    none.load_state_dict(image.state_dict())
+    assert not torch.allclose(none.similarities(fmap * scale), none.similarities(fmap), atol=1e-3)
+    per_channel = torch.rand(2, 6, 1, 1) * 5 + 0.1  # a gain and an offset per channel
+    channel = FactorMapper(SPECS, image.text, (6, 3, 2), (96, 64), hidden=7, descriptor_norm="channel")
+    channel.load_state_dict(image.state_dict())
+    assert torch.allclose(channel.similarities(fmap * per_channel + 3.0), channel.similarities(fmap), atol=1e-4)
+    x = channel.descriptors(fmap)  # (B, C, h*w): zero mean, unit (unbiased) variance per channel
+    assert torch.allclose(x.mean(-1), torch.zeros(2, 6), atol=1e-5)
+    assert torch.allclose(x.std(-1), torch.ones(2, 6), atol=1e-5)
+    flat = FactorMapper(SPECS, image.text, (6, 3, 2), (96, 64), hidden=7, descriptor_norm="sorted")
+    flat.load_state_dict(image.state_dict())
+    moved = fmap.flip(-1).roll(1, dims=-2)  # the same values in other cells
+    assert torch.allclose(flat.similarities(moved), flat.similarities(fmap), atol=1e-6)
+    assert torch.equal(flat.descriptors(fmap)[0, 0], fmap[0, 0].flatten().sort(descending=True).values)
+    save_mapper(channel, tmp_path)
+    loaded, cfg = load_mapper(tmp_path)
+    assert cfg["descriptor_norm"] == loaded.descriptor_norm == "channel"
+    assert torch.allclose(loaded.similarities(fmap), channel.similarities(fmap))
+    with pytest.raises(ConfigError, match="unknown descriptor_norm 'l3'"):
+        FactorMapper(SPECS, image.text, (6, 3, 2), (96, 64), descriptor_norm="l3")
+
+
+def test_a_mapper_saved_without_descriptor_norm_reads_raw_maps(tmp_path: Path) -> None:
+    import json
+
+    mapper = _mapper()
+    save_mapper(mapper, tmp_path)
+    cfg = json.loads((tmp_path / "mapper.json").read_text())
+    del cfg["descriptor_norm"]
+    (tmp_path / "mapper.json").write_text(json.dumps(cfg))
+    assert load_mapper(tmp_path)[0].descriptor_norm == "none"
+
+
+def test_channel_ids_let_a_head_tell_identical_maps_of_two_channels_apart(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    plain = _mapper()
+    ids = FactorMapper(SPECS, plain.text, (6, 3, 2), (96, 64), hidden=7, channel_ids=True)
+    assert ids.e is not None and ids.e.shape == (2, 6, 7)  # (A, C, hidden)
+    ids.load_state_dict({**plain.state_dict(), "e": torch.zeros(2, 6, 7)})
+    fmap = torch.randn(1, 1, 3, 2).expand(2, 6, 3, 2).contiguous()  # every channel holds the same map
+    assert torch.allclose(ids.similarities(fmap), plain.similarities(fmap))  # zero rows: the plain heads
+    assert torch.allclose(plain.similarities(fmap), plain.similarities(fmap)[:, :1].expand(2, 6, 2))
+    with torch.no_grad():
+        ids.e[0, 4] = 3.0  # mass head, channel 4
+    sim = ids.similarities(fmap)
+    assert not torch.allclose(sim[:, 4, 0], sim[:, 0, 0])  # channel 4 now scores differently for mass ...
+    assert torch.allclose(sim[:, :, 1], plain.similarities(fmap)[:, :, 1])  # ... and calcification is untouched
+    assert torch.allclose(torch.einsum("bcad,ad->bca", ids(fmap), ids.text), sim, atol=1e-5)
+    save_mapper(ids, tmp_path)
+    loaded, cfg = load_mapper(tmp_path)
+    assert cfg["channel_ids"] is True and torch.equal(loaded.e, ids.e)
+    assert "e" not in plain.state_dict()  # the original's heads carry no channel rows

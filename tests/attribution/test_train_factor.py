@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mammoclip.attribution import FactorMapper
+from mammoclip.attribution import AttributeSpec, FactorMapper
 from mammoclip.cli.main import main
-from mammoclip.errors import DataError
-from mammoclip.train.factor import FactorConfig, train_factor
+from mammoclip.errors import ConfigError, DataError
+from mammoclip.train.factor import FactorConfig, FactorModel, FeatureAugment, train_factor
 from mammoclip.train.tasks import list_tasks
 
 SIZE = (256, 160)  # the shared synthetic cohort's
@@ -37,7 +37,9 @@ def test_encoder_stays_bitwise_frozen_and_resume_continues(synthetic_cohort: Pat
     clip = _tiny()
     clip.train()  # even a model handed over in train mode must not update its BatchNorm statistics
     before = _snapshot(clip)
-    cfg = FactorConfig(epochs=1, batch_size=4, lr=1e-2, cache_features=False, device="cpu")
+    # augmentation on: it acts on the maps in the model's forward, never on the encoder
+    cfg = FactorConfig(epochs=1, batch_size=4, lr=1e-2, cache_features=False, device="cpu", shift=2, hflip=True,
+                       descriptor_dropout=0.2)
     run = train_factor(clip, synthetic_cohort, cfg, out_dir=tmp_path / "run")
     after = clip.state_dict()
     assert set(after) == set(before)
@@ -132,3 +134,60 @@ def test_cli_tap_last_reproduces_the_original_map(synthetic_cohort: Path, tmp_pa
     with pytest.raises(SystemExit):
         main([*args, str(tmp_path / "bad"), "--tap", "3"])
     assert "must be 'last' or an int in [-5, -1]" in capsys.readouterr().err
+
+
+def _peaks(fmap: torch.Tensor) -> torch.Tensor:
+    """``(B, C, h, w)`` with one nonzero cell per channel -> ``(B, C, 2)`` (row, column) of that cell."""
+    flat = fmap.flatten(2).abs().argmax(-1)  # (B, C)
+    return torch.stack([flat // fmap.shape[-1], flat % fmap.shape[-1]], dim=-1)
+
+
+def test_shift_moves_every_channel_of_an_image_by_the_same_cells_with_zero_fill() -> None:
+    b, c, h, w, k = 400, 5, 9, 7, 2
+    fmap = torch.zeros(b, c, h, w)
+    rows, cols = torch.randint(k, h - k, (c,)), torch.randint(k, w - k, (c,))  # peaks that stay inside
+    fmap[:, torch.arange(c), rows, cols] = torch.arange(1.0, c + 1)
+    out = FeatureAugment(shift=k)(fmap, torch.Generator().manual_seed(0))
+    moved = _peaks(out) - torch.stack([rows, cols], dim=-1)  # (B, C, 2)
+    assert (moved == moved[:, :1]).all()  # one displacement per image, shared by its channels
+    assert moved.abs().max() == k
+    assert len({tuple(v) for v in moved[:, 0].tolist()}) == (2 * k + 1) ** 2  # every shift in [-k, k]^2 drawn
+    assert torch.equal(out.sum(dim=(2, 3)), fmap.sum(dim=(2, 3)))  # the peaks moved, values unchanged
+    ones = FeatureAugment(shift=k)(torch.ones(b, 2, h, w), torch.Generator().manual_seed(0))
+    dy, dx = moved[:, 0, 0], moved[:, 0, 1]  # the same generator: the same draws
+    expect = (h - dy.abs()) * (w - dx.abs())  # cells that stay on the map; the vacated ones are 0
+    assert torch.equal(ones.sum(dim=(2, 3)), expect[:, None].expand(b, 2).float())
+    assert set(ones.unique().tolist()) == {0.0, 1.0}
+
+
+def test_flips_mirror_all_channels_of_an_image_together() -> None:
+    b, c, h, w = 200, 4, 6, 5
+    fmap = torch.zeros(b, c, h, w)
+    rows, cols = torch.tensor([0, 1, 4, 5]), torch.tensor([0, 3, 1, 4])
+    fmap[:, torch.arange(c), rows, cols] = 1.0
+    for kind, aug, axis, size in (("h", FeatureAugment(hflip=True), 1, w), ("v", FeatureAugment(vflip=True), 0, h)):
+        got = _peaks(aug(fmap, torch.Generator().manual_seed(1)))  # (B, C, 2)
+        orig = torch.stack([rows, cols], dim=-1)
+        flipped = (got[..., axis] == size - 1 - orig[:, axis]) & (got[..., 1 - axis] == orig[:, 1 - axis])
+        kept = (got == orig).all(-1)
+        assert (flipped | kept).all(), kind
+        per_image = flipped.all(dim=1)
+        assert (per_image | kept.all(dim=1)).all(), kind  # never some channels flipped and others not
+        assert 0.3 < per_image.float().mean() < 0.7, kind  # p = 1/2
+
+
+def test_augmentation_only_in_training_mode_and_validated() -> None:
+    clip = _tiny((128, 80))
+    mapper = FactorMapper([AttributeSpec("mass", "mass", ("mass",))], torch.randn(1, clip.embed_dim), (16, 6, 4),
+                          (128, 80), hidden=8)
+    model = FactorModel(clip, mapper, FeatureAugment(shift=2, hflip=True, dropout=0.5))
+    fmap = torch.randn(4, 16, 6, 4)
+    model.eval()
+    assert torch.equal(model({"fmap": fmap}), mapper.similarities(fmap))  # validation sees the raw maps
+    model.train()
+    assert not torch.allclose(model({"fmap": fmap}), mapper.similarities(fmap))
+    assert FactorConfig(shift=3, hflip=True).augment == FeatureAugment(3, True, False, 0.0)
+    with pytest.raises(ConfigError, match="shift must be >= 0"):
+        FactorConfig(shift=-1)
+    with pytest.raises(ConfigError, match="descriptor_norm must be one of"):
+        FactorConfig(descriptor_norm="l3")

@@ -22,6 +22,11 @@ The comparison that chose the default is in docs/attribution.md.
 the encoder's final feature map (after the conv head; 8x5 cells at 256x160), ``tap=-2`` / ``-3`` the
 timm ``forward_intermediates`` level one / two strides finer (stride 16 / 8). The tap is part of the
 mapper (saved in ``mapper.json``): heads only fit the ``(C, h, w)`` of the map they were trained on.
+
+**Descriptor options** (deviations, off by default; docs/attribution.md §2 and §5 for what they
+measured): ``descriptor_norm`` transforms the map before the heads (``image``, ``channel``, or
+``sorted``: each channel's values sorted, which drops where they lie), and ``channel_ids`` adds the
+channel's one-hot index to its descriptor. Heatmaps always sum the raw channel maps.
 """
 
 from __future__ import annotations
@@ -86,6 +91,51 @@ def _corrected(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(masked, dim=0, keepdim=True).expand_as(s)  # (B, A)
 
 
+#: Descriptor normalisation name -> ``(B, C, h, w) -> (B, C, h, w)``, applied before the heads only
+#: (heatmaps still sum the raw channel maps). ``none`` is the original.
+_DESCRIPTOR_NORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+DEFAULT_DESCRIPTOR_NORM: str = "none"
+
+
+def register_descriptor_norm(name: str) -> Callable[[Callable], Callable]:
+    """Register a per-image normalisation of the feature map that the heads read."""
+
+    def wrap(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+        _DESCRIPTOR_NORMS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_descriptor_norms() -> list[str]:
+    return sorted(_DESCRIPTOR_NORMS)
+
+
+@register_descriptor_norm("none")
+def _no_norm(fmap: torch.Tensor) -> torch.Tensor:
+    return fmap
+
+
+@register_descriptor_norm("image")
+def _image_norm(fmap: torch.Tensor) -> torch.Tensor:
+    """Divide each image's whole map by its root mean square: one scale per image, channels keep their ratios."""
+    return fmap / fmap.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp(min=1e-6)
+
+
+@register_descriptor_norm("channel")
+def _channel_norm(fmap: torch.Tensor) -> torch.Tensor:
+    """Standardise every channel map (zero mean, unit variance over its cells): its shape, not its scale."""
+    mean = fmap.mean(dim=(2, 3), keepdim=True)
+    return (fmap - mean) / fmap.std(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+
+
+@register_descriptor_norm("sorted")
+def _sorted_cells(fmap: torch.Tensor) -> torch.Tensor:
+    """Every channel's cell values sorted in descending order: where a value lies is dropped (a
+    translation- and flip-invariant descriptor, no longer the original's spatial one)."""
+    return fmap.flatten(2).sort(dim=-1, descending=True).values.reshape(fmap.shape)
+
+
 def check_tap(tap: int | None) -> int | None:
     """``None`` (the last map) or a negative ``forward_intermediates`` index; anything else is an error."""
     if tap is not None and (isinstance(tap, bool) or not isinstance(tap, int) or not _MIN_TAP <= tap <= -1):
@@ -141,15 +191,24 @@ class FactorMapper(nn.Module):
         image_size: ``(H, W)`` of the images the encoder reads (the mapper only fits this size).
         hidden: Hidden width of every head (None: ``h * w``, as the original).
         tap: Which feature map the heads read (:func:`tap_feature_map`; None: the last one).
+        descriptor_norm: A name from :func:`list_descriptor_norms`, applied to the map before the heads
+            (``none``: the original's raw descriptors).
+        channel_ids: Append channel c's one-hot index to its descriptor (a deviation, off by default):
+            head a's first layer gains a learned row per channel (``e: (A, C, hidden)``), so a head can
+            tell which channel a map comes from instead of judging its spatial pattern alone.
     """
 
     text: torch.Tensor  # (A, D) buffer
 
     def __init__(self, attributes: Sequence[AttributeSpec], text_embeddings: torch.Tensor,
                  feature_shape: tuple[int, int, int], image_size: tuple[int, int], hidden: int | None = None,
-                 tap: int | None = None) -> None:
+                 tap: int | None = None, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM,
+                 channel_ids: bool = False) -> None:
         super().__init__()
         self.tap = check_tap(tap)
+        if descriptor_norm not in _DESCRIPTOR_NORMS:
+            raise ConfigError(f"unknown descriptor_norm {descriptor_norm!r}; choose from {list_descriptor_norms()}")
+        self.descriptor_norm = descriptor_norm
         a, d = text_embeddings.shape
         if a != len(attributes):
             raise ConfigError(f"{len(attributes)} attributes but {a} text embeddings")
@@ -162,6 +221,10 @@ class FactorMapper(nn.Module):
         self.b1 = nn.Parameter(torch.empty(a, self.hidden))  # (A, H)
         self.w2 = nn.Parameter(torch.empty(a, self.hidden, d))  # (A, H, D)
         self.b2 = nn.Parameter(torch.empty(a, d))  # (A, D)
+        self.channel_ids = bool(channel_ids)
+        # the one-hot channel index's weights: a hidden bias per (attribute, channel); absent without channel_ids
+        self.e: nn.Parameter | None = (nn.Parameter(torch.zeros(a, self.feature_shape[0], self.hidden))
+                                       if self.channel_ids else None)
         self.register_buffer("text", F.normalize(text_embeddings.float(), dim=-1))  # (A, D)
         self.reset_parameters()
 
@@ -184,11 +247,21 @@ class FactorMapper(nn.Module):
                 f"the mapper was trained on {self.image_size[0]}x{self.image_size[1]} images (feature tap "
                 f"{self.tap}) of another encoder or size")
 
+    def descriptors(self, fmap: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B, C, h*w)``: every channel's (normalised) map, flattened."""
+        self.check_features(fmap)
+        return _DESCRIPTOR_NORMS[self.descriptor_norm](fmap.to(self.w1.dtype)).flatten(2)
+
+    def hidden_units(self, fmap: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B, C, A, H)``: every head's first layer (ReLU) on every channel's descriptor."""
+        pre = torch.einsum("bcs,ash->bcah", self.descriptors(fmap), self.w1) + self.b1  # (B, C, A, H)
+        if self.e is not None:
+            pre = pre + self.e.permute(1, 0, 2)  # (C, A, H): channel c's one-hot row
+        return torch.relu(pre)
+
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` feature map -> ``(B, C, A, D)`` L2-normalised projections (head a at ``[:, :, a]``)."""
-        self.check_features(fmap)
-        x = fmap.flatten(2).to(self.w1.dtype)  # (B, C, h, w) -> (B, C, S)
-        hid = torch.relu(torch.einsum("bcs,ash->bcah", x, self.w1) + self.b1)  # (B, C, A, H)
+        hid = self.hidden_units(fmap)  # (B, C, A, H)
         out = torch.einsum("bcah,ahd->bcad", hid, self.w2) + self.b2  # (B, C, A, D)
         return F.normalize(out, dim=-1)
 
@@ -203,9 +276,7 @@ class FactorMapper(nn.Module):
         text = self.text.to(self.w1.dtype)  # (A, D)
         if self.hidden >= self.w2.shape[2]:
             return torch.einsum("bcad,ad->bca", self(fmap), text)
-        self.check_features(fmap)
-        x = fmap.flatten(2).to(self.w1.dtype)  # (B, C, h, w) -> (B, C, S)
-        hid = torch.relu(torch.einsum("bcs,ash->bcah", x, self.w1) + self.b1)  # (B, C, A, H)
+        hid = self.hidden_units(fmap)  # (B, C, A, H)
         dot = torch.einsum("bcah,ah->bca", hid, torch.einsum("ahd,ad->ah", self.w2, text)) + (self.b2 * text).sum(-1)
         gram = torch.einsum("ahd,agd->ahg", self.w2, self.w2)  # (A, H, H)
         quad = (torch.einsum("bcah,ahg->bcag", hid, gram) * hid).sum(-1)  # (B, C, A)
@@ -215,7 +286,8 @@ class FactorMapper(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"attributes": [a.to_dict() for a in self.attributes], "feature_shape": list(self.feature_shape),
-                "image_size": list(self.image_size), "hidden": self.hidden, "embed_dim": int(self.text.shape[1]), "tap": self.tap}
+                "image_size": list(self.image_size), "hidden": self.hidden, "embed_dim": int(self.text.shape[1]), "tap": self.tap,
+                "descriptor_norm": self.descriptor_norm, "channel_ids": self.channel_ids}
 
 
 def save_mapper(mapper: FactorMapper, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -247,7 +319,8 @@ def load_mapper(folder: str | Path) -> tuple[FactorMapper, dict[str, Any]]:
         state = load_file(str(folder / MAPPER_WEIGHTS))
         specs = [AttributeSpec.from_dict(a) for a in cfg["attributes"]]
         mapper = FactorMapper(specs, state["text"], tuple(cfg["feature_shape"]), tuple(cfg["image_size"]),
-                              cfg["hidden"], cfg.get("tap"))  # mappers saved before taps read the last map
+                              cfg["hidden"], cfg.get("tap"),  # mappers saved before taps read the last map
+                              cfg.get("descriptor_norm", DEFAULT_DESCRIPTOR_NORM), cfg.get("channel_ids", False))
         mapper.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError, OSError, ConfigError) as err:
         raise CheckpointError(f"{folder}: cannot load the FActOR mapper ({err})") from err

@@ -8,7 +8,9 @@ labels of any manifest (``mass``, ``calcification`` ... columns).
 
 When the training and validation feature maps fit in memory (:data:`FEATURE_CACHE_BYTES`, fp16), they
 are computed once and the epochs run on them: the encoder's forward is nearly all the cost, and a
-frozen encoder in eval mode gives the same maps every epoch.
+frozen encoder in eval mode gives the same maps every epoch. Augmentation (:class:`FeatureAugment`:
+shifts and flips of the map, descriptor dropout) therefore acts on the maps, in the model's forward,
+in training mode only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -32,12 +35,14 @@ from mammoclip.attribution.attributes import (
     resolve_attributes,
 )
 from mammoclip.attribution.mapper import (
+    DEFAULT_DESCRIPTOR_NORM,
     DEFAULT_LOSS_FORM,
     DEFAULT_TAP,
     FACTOR_TEMPERATURE,
     FactorMapper,
     check_tap,
     factor_loss,
+    list_descriptor_norms,
     list_loss_forms,
     load_mapper,
     save_mapper,
@@ -91,6 +96,22 @@ class FactorConfig:
     #: Resize images whose size differs from the model's instead of failing.
     allow_resize: bool = False
     seed: int = 10
+    #: Training-time augmentation of the feature maps (docs/attribution.md §2, §5): each training image's
+    #: map is translated by up to ``shift`` cells in each direction (zero fill) and flipped left-right /
+    #: up-down with probability 1/2 when ``hflip`` / ``vflip``, the same transform for all its channels,
+    #: so heads whose weights are tied to cell positions cannot memorise where the training lesions were.
+    #: Applied to cached maps too; validation and heatmaps never see it. 0 / False: the original.
+    shift: int = 0
+    hflip: bool = False
+    vflip: bool = False
+    #: Dropout on the channel descriptors (each cell of each channel map) during training.
+    descriptor_dropout: float = 0.0
+    #: Transform of the map before the heads (``mammoclip.attribution.mapper.list_descriptor_norms``:
+    #: ``none``, the original; ``image``: one scale per image; ``channel``: each channel standardised;
+    #: ``sorted``: each channel's values sorted, a translation-invariant descriptor, not the original's).
+    descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM
+    #: Give each head the channel's index besides its map (``FactorMapper(channel_ids=True)``; a deviation).
+    channel_ids: bool = False
 
     def __post_init__(self) -> None:
         if not self.attributes:
@@ -101,19 +122,81 @@ class FactorConfig:
         if self.temperature <= 0 or self.lr <= 0 or self.batch_size < 2 or self.epochs < 1:
             raise ConfigError("factor: temperature and lr must be > 0, batch_size >= 2 (the loss contrasts "
                               "images of a batch) and epochs >= 1")
+        if self.descriptor_norm not in list_descriptor_norms():
+            raise ConfigError(f"factor: descriptor_norm must be one of {list_descriptor_norms()}, "
+                              f"got {self.descriptor_norm!r}")
+        if self.shift < 0 or not 0.0 <= self.descriptor_dropout < 1.0:
+            raise ConfigError(f"factor: shift must be >= 0 cells and descriptor_dropout in [0, 1), got "
+                              f"{self.shift} and {self.descriptor_dropout}")
+
+    @property
+    def augment(self) -> FeatureAugment:
+        """The feature-map augmentation these settings ask for."""
+        return FeatureAugment(self.shift, self.hflip, self.vflip, self.descriptor_dropout)
+
+
+@dataclass(frozen=True)
+class FeatureAugment:
+    """Random per-image transforms of ``(B, C, h, w)`` feature maps, identical across an image's channels.
+
+    A channel's descriptor is its whole spatial map, so a head weighs each cell separately; with a
+    few hundred positive images it can learn where the training lesions happened to be instead of
+    what a lesion looks like (docs/attribution.md §5). Moving every channel of an image together keeps
+    the map a valid feature map of a (shifted / mirrored) breast while changing where its content lies.
+    """
+
+    #: Largest translation in cells, drawn uniformly in ``[-shift, shift]`` per axis; vacated cells are 0.
+    shift: int = 0
+    hflip: bool = False
+    vflip: bool = False
+    #: Probability of zeroing each descriptor entry (rescaled by ``1 / (1 - p)``, as ``nn.Dropout``).
+    dropout: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.shift > 0 or self.hflip or self.vflip or self.dropout > 0
+
+    def __call__(self, fmap: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augmented copy of ``fmap`` (B, C, h, w); the draws come from ``generator`` (None: torch's global)."""
+        if not self.active:
+            return fmap
+        b, _, h, w = fmap.shape
+        dev = fmap.device
+
+        def draw(n: int, high: int) -> torch.Tensor:  # (n,) ints in [0, high), on the CPU generator
+            return torch.randint(0, high, (n,), generator=generator)
+
+        out = fmap
+        if self.hflip:
+            out = torch.where(draw(b, 2).bool().to(dev)[:, None, None, None], out.flip(-1), out)
+        if self.vflip:
+            out = torch.where(draw(b, 2).bool().to(dev)[:, None, None, None], out.flip(-2), out)
+        if self.shift > 0:
+            k = self.shift
+            dy, dx = draw(b, 2 * k + 1) - k, draw(b, 2 * k + 1) - k  # (B,), (B,) in [-k, k]
+            padded = F.pad(out, (k, k, k, k))  # (B, C, h + 2k, w + 2k), zeros around
+            # content at (i, j) moves to (i + dy, j + dx): read the padded map from offset (k - dy, k - dx)
+            out = torch.stack([padded[i, :, k - int(dy[i]): k - int(dy[i]) + h, k - int(dx[i]): k - int(dx[i]) + w]
+                               for i in range(b)])
+        if self.dropout > 0:
+            keep = (torch.rand(out.shape, generator=generator) >= self.dropout).to(dev)
+            out = out * keep / (1.0 - self.dropout)
+        return out
 
 
 class FactorModel(nn.Module):
     """A frozen MammoCLIP image encoder (unregistered) + a trainable :class:`FactorMapper`.
 
     ``forward(batch)`` reads ``batch["fmap"]`` (precomputed) or encodes ``batch["image"]`` and returns
-    ``(B, C, A)`` channel-attribute similarities.
+    ``(B, C, A)`` channel-attribute similarities. In training mode the map first goes through
+    ``augment`` (on the map, not the image: cached maps stay valid); in eval mode (validation) it does not.
     """
 
-    def __init__(self, clip: nn.Module, mapper: FactorMapper) -> None:
+    def __init__(self, clip: nn.Module, mapper: FactorMapper, augment: FeatureAugment | None = None) -> None:
         super().__init__()
         self.mapper = mapper
         self.tap = mapper.tap
+        self.augment = augment or FeatureAugment()
         clip.eval()
         for p in clip.parameters():
             p.requires_grad_(False)
@@ -140,7 +223,10 @@ class FactorModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         fmap = batch["fmap"] if "fmap" in batch else self.feature_map(batch["image"])  # (B, C, h, w)
-        return self.mapper.similarities(fmap.float())  # (B, C, A)
+        fmap = fmap.float()
+        if self.training:
+            fmap = self.augment(fmap)
+        return self.mapper.similarities(fmap)  # (B, C, A)
 
 
 @register_task("factor")
@@ -315,7 +401,7 @@ def train_factor(
     text = attribute_embeddings(clip, specs, cache_dir=out / "cache")  # (A, D)
     torch.manual_seed(cfg.seed)
     mapper = FactorMapper(specs, text, feature_shape(clip, cfg.tap), tuple(clip.preprocess_cfg.image_size), cfg.hidden,
-                          cfg.tap)
+                          cfg.tap, cfg.descriptor_norm, cfg.channel_ids)
 
     def part(split: str) -> tuple[Bundle, np.ndarray]:
         rows = np.flatnonzero((bundle.images["split"] == split).to_numpy() & known)
@@ -345,7 +431,7 @@ def train_factor(
         val_ds = LabelledImages(val_b, val_y, size) if len(val_y) else None
     provenance = {"checkpoint": str(checkpoint) if not isinstance(checkpoint, nn.Module) else
                   getattr(clip.cfg, "name", "model"), "image_fingerprint": image_fingerprint(clip)}
-    task = FactorTask(FactorModel(clip, mapper), cfg.temperature, cfg.loss_form, provenance)
+    task = FactorTask(FactorModel(clip, mapper, cfg.augment), cfg.temperature, cfg.loss_form, provenance)
     loop = LoopConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, precision=cfg.precision,
                       workers=cfg.workers, seed=cfg.seed, device=str(device), log_every=10, keep_last=2,
                       best_metric="val/loss", best_mode="min")
