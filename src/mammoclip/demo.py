@@ -1,7 +1,9 @@
 """The end-to-end demo behind ``make demo`` / ``mammoclip demo``.
 
 synthesize a cohort -> write DICOMs -> preprocess -> pre-train ``mammoclip-lite`` -> zero-shot and
-linear probes at label fractions against random-init and ImageNet-init baselines -> ``index.html``.
+linear probes at label fractions against random-init and ImageNet-init baselines -> mass detection
+(RetinaNet on the frozen tower, pre-trained vs ImageNet init) -> Mammo-FActOR weak localization against
+its baselines -> ``index.html``.
 
 This is an application (layer 4): it calls only the public functions that the CLI commands call,
 so the demo exercises exactly what users run. Every number in the report comes from this run.
@@ -23,13 +25,21 @@ import numpy as np
 import mammoclip
 from mammoclip.errors import ConfigError
 
-#: Binary tasks the demo evaluates (manifest label columns with zero-shot prompt sets).
+#: Binary tasks the demo evaluates (manifest label columns with zero-shot prompt sets); also the
+#: attributes of the FActOR stage.
 DEMO_TASKS: tuple[str, ...] = ("mass", "calcification")
+#: The class the detection stage localizes (the synthetic masses are 12-31 px at 256x160, a size a
+#: small RetinaNet learns on CPU in minutes; calcifications are a few pixels: docs/detection.md §7).
+DETECT_CLASS = "mass"
+#: Image-tower initialisations the detection stage may compare (``DemoConfig.detect_inits``).
+DETECT_INITS: tuple[str, ...] = ("pretrained", "imagenet", "random")
+#: Baselines FActOR is scored against (docs/attribution.md §4); the verdict is against ``breast_prior``.
+FACTOR_BASELINES: tuple[str, ...] = ("breast_prior", "top_channels", "gradcam")
 
 
 @dataclass
 class DemoConfig:
-    """Settings of one demo run. The defaults finish in under 10 minutes on 2 CPU cores."""
+    """Settings of one demo run. The defaults finish in under 15 minutes on 2 quiet CPU cores."""
 
     #: Output folder (cohort, preprocessed images, runs, ``index.html``).
     out: Path = Path("demo-output")
@@ -57,6 +67,18 @@ class DemoConfig:
     n_boot: int = 500
     #: Progress bars (None: only when stderr is a terminal).
     progress: bool | None = None
+    #: Run the detection stage (a mass RetinaNet on the frozen tower, one per init in ``detect_inits``).
+    detect: bool = True
+    #: Image-tower initialisations of the detectors (the pre-trained checkpoint vs ImageNet weights).
+    detect_inits: tuple[str, ...] = ("pretrained", "imagenet")
+    #: Detector training epochs (validation AP@0.5 picks the best) and the share of the training
+    #: patients it sees (drawn stratified on having a mass): what fits the demo's CPU budget.
+    detect_epochs: int = 3
+    detect_fraction: float = 0.25
+    #: Run the attribution stage (Mammo-FActOR mapper on the pre-trained model, scored with baselines).
+    factor: bool = True
+    #: Mapper epochs (None: ``FactorConfig``'s default, so improvements to the method's defaults flow in).
+    factor_epochs: int | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -66,22 +88,50 @@ class DemoConfig:
             raise ConfigError("epochs must be >= 1 and batch_size >= 2")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"fractions must lie in (0, 1], got {self.fractions}")
+        self.detect_inits = tuple(self.detect_inits)
+        unknown = [i for i in self.detect_inits if i not in DETECT_INITS]
+        if unknown or (self.detect and not self.detect_inits):
+            raise ConfigError(f"detect_inits must be a non-empty subset of {list(DETECT_INITS)}, got "
+                              f"{list(self.detect_inits)}")
+        if self.detect_epochs < 1 or not 0 < self.detect_fraction <= 1:
+            raise ConfigError(f"detect_epochs must be >= 1 and detect_fraction in (0, 1], got {self.detect_epochs}, "
+                              f"{self.detect_fraction}")
+        if self.factor_epochs is not None and self.factor_epochs < 1:
+            raise ConfigError(f"factor_epochs must be >= 1 (or None for the default), got {self.factor_epochs}")
 
     @classmethod
     def quick(cls, out: Path | str) -> DemoConfig:
         """A small configuration that goes through every stage in about a minute (used by the tests)."""
         return cls(out=Path(out), patients=24, dicom_size=(320, 192), image_size=(128, 80), epochs=2,
-                   batch_size=8, fractions=(0.5, 1.0), seeds=(0,), n_boot=50)
+                   batch_size=8, fractions=(0.5, 1.0), seeds=(0,), n_boot=50, detect_epochs=1,
+                   detect_fraction=1.0, factor_epochs=2)
+
+    def stages(self) -> tuple[str, ...]:
+        """The stages this configuration runs, in order (the optional ones only when switched on)."""
+        return tuple(s for s in STAGES if _OPTIONAL_STAGES.get(s, lambda _: True)(self))
 
 
 # Seconds per unit of the default demo on a quiet 2-core machine (bench/RESULTS.md, "Demo"): per
 # generated image (640x384 DICOM, 2 workers), per preprocessed image, per pre-training image at
-# 256x160 (validation included), per inferred image at 256x160, per probe fit (C grid of 5).
-_COST = {"synth": 0.021, "preprocess": 0.01, "train": 0.047, "infer": 0.0125, "probe_fit": 0.75}
+# 256x160 (validation included), per inferred image at 256x160, per probe fit (C grid of 5). The
+# localization stages' costs come from two runs on the *shared* machine (2026-12-04): the stages alone
+# on the default demo's cohort and checkpoint (load average 3-6; divided by the ~2x slowdown the
+# zero-shot stage showed against its quiet reference then), and a full demo whose first six stages
+# ran at 1.1x their reference while another job shared the CPUs during these two (detect 277 s,
+# factor 452 s; divided by ~1.4): rough until re-measured on a quiet machine. Per detector training image and per detector-evaluated image
+# (frozen lite tower, 64-channel pyramid, 256x160; bootstrap and plots included), per FActOR mapper
+# training image and epoch (on cached feature maps, the loop's overhead included), per test image
+# scored by FActOR and its three baselines for both attributes (overlays and bootstrap included).
+_COST = {"synth": 0.021, "preprocess": 0.01, "train": 0.047, "infer": 0.0125, "probe_fit": 0.75,
+         "detect_train": 0.11, "detect_infer": 0.055, "factor_step": 0.009, "factor_eval": 0.5}
 
 
 #: The demo's stages in the order they run (names as in ``results.json["stage_seconds"]``).
-STAGES: tuple[str, ...] = ("synth", "preprocess", "grid", "pretrain", "zeroshot", "probe", "report")
+STAGES: tuple[str, ...] = ("synth", "preprocess", "grid", "pretrain", "zeroshot", "probe", "detect", "factor",
+                           "report")
+#: Stages a configuration can switch off, with the switch.
+_OPTIONAL_STAGES: dict[str, Callable[[DemoConfig], bool]] = {"detect": lambda c: c.detect,
+                                                             "factor": lambda c: c.factor}
 #: Seconds not spent in any stage (imports, model loading, writing results), on the reference machine.
 _OVERHEAD_S = 17.0
 
@@ -92,7 +142,18 @@ def stage_estimates(cfg: DemoConfig) -> dict[str, float]:
     pixels = cfg.image_size[0] * cfg.image_size[1] / (256 * 160)
     breasts_train = 2 * cfg.patients * 0.7
     test_images = images * 0.2
-    return {
+    train_images, val_images = images * 0.7, images * 0.1
+    # per init: training epochs (the drawn patients) + validation after each epoch + the test split
+    detect_one = (cfg.detect_epochs * (train_images * cfg.detect_fraction * _COST["detect_train"]
+                                       + val_images * _COST["detect_infer"])
+                  + test_images * _COST["detect_infer"]) * pixels
+    factor_epochs = cfg.factor_epochs or _factor_default_epochs()
+    # feature maps of train + val (cached) and of the Grad-CAM probe's train split, the epochs on the
+    # cache, then every method on the test split's images that show an attribute
+    factor = ((2 * train_images + val_images) * _COST["infer"] * pixels
+              + factor_epochs * train_images * _COST["factor_step"]
+              + test_images * _COST["factor_eval"] * pixels)
+    return {s: v for s, v in {
         "synth": images * _COST["synth"] * cfg.dicom_size[0] * cfg.dicom_size[1] / (640 * 384),
         "preprocess": images * _COST["preprocess"],
         "grid": 1.0,
@@ -101,8 +162,17 @@ def stage_estimates(cfg: DemoConfig) -> dict[str, float]:
         # probe features (cached across tasks) + the fits
         "probe": (len(cfg.inits) * images * _COST["infer"] * pixels
                   + len(DEMO_TASKS) * len(cfg.inits) * len(cfg.fractions) * len(cfg.seeds) * _COST["probe_fit"]),
+        "detect": len(cfg.detect_inits) * detect_one,
+        "factor": factor,
         "report": 2.0,
-    }
+    }.items() if s in cfg.stages()}
+
+
+def _factor_default_epochs() -> int:
+    """``FactorConfig``'s default epochs (imported here: the CLI imports this module without torch)."""
+    from mammoclip.train.factor import FactorConfig
+
+    return FactorConfig().epochs
 
 
 def estimate_seconds(cfg: DemoConfig) -> float:
@@ -172,7 +242,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
     t_start = time.perf_counter()
     log(f"mammoclip demo: {cfg.patients} synthetic patients, {4 * cfg.patients} images, model mammoclip-lite at "
         f"{cfg.image_size[0]}x{cfg.image_size[1]}; estimated {estimate_seconds(cfg) / 60:.0f} min on 2 CPU cores.")
-    stages = _Stages(len(STAGES), log, stage_estimates(cfg))
+    stages = _Stages(len(cfg.stages()), log, stage_estimates(cfg))
 
     dicom_manifest = stages.run("synth", "synthesize the cohort and write DICOMs", lambda: generate_cohort(
         out / "cohort-dicom", n_patients=cfg.patients, seed=cfg.seed, image_size=cfg.dicom_size, fmt="dicom",
@@ -219,8 +289,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
             models[init].eval()
         return models[init]
 
-    def _zeroshot() -> dict[str, Any]:
-        res = {}
+    def _zeroshot() -> dict[tuple[str, str], Any]:
+        res: dict[tuple[str, str], Any] = {}
         for task in DEMO_TASKS:
             for init in ("pretrained", "imagenet"):
                 res[(task, init)] = run_zeroshot(
@@ -238,13 +308,113 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> Path:
                 for task in DEMO_TASKS}
 
     probes = stages.run("probe", "linear probes at label fractions vs baselines", _probe)
+    models.clear()  # the later stages load their own copies (a frozen or trained tower must not leak back)
+
+    localization: dict[str, Any] | None = None
+    if cfg.detect:
+        localization = stages.run("detect", f"{DETECT_CLASS} detection ({', '.join(cfg.detect_inits)} init, frozen "
+                                  "tower)", lambda: run_detection(cfg, bundle, fit.best, log))
+    attribution: dict[str, Any] | None = None
+    if cfg.factor:
+        attribution = stages.run("factor", "Mammo-FActOR attribution vs baselines",
+                                 lambda: run_attribution(cfg, bundle, fit.best, log))
 
     results = collect_results(cfg, bundle, prep, fit, zs, probes, grid, curves, stages.seconds,
-                              time.perf_counter() - t_start)
+                              time.perf_counter() - t_start, localization=localization, attribution=attribution)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     page = stages.run("report", "write the HTML report", lambda: write_demo_html(out / "results.json"))
     log(f"Done in {results['total_seconds'] / 60:.1f} min. Open the report: {page.resolve()}")
     return page
+
+
+# ------------------------------------------------------------------------------ localization stages ---
+
+
+def detect_anchor_scale(image_size: tuple[int, int]) -> float:
+    """Anchor base size (x stride) for the demo's detector: 3 at 256x160, scaled with the image height.
+
+    The taps' strides are fixed (8, 16, 32) while the lesions shrink with the image, so the anchors
+    follow the image: 3 x 8 = 24 px at P3 fits the synthetic masses (12-31 px) at 256x160
+    (docs/detection.md §7), and at the quick demo's 128x80 the same masses are half as many pixels.
+    """
+    return 3.0 * image_size[0] / 256
+
+
+def _skipped(stage: str, err: Exception, log: Callable[[str], None]) -> dict[str, Any]:
+    """A stage that the cohort cannot support (e.g. no mass box in a tiny test split) is reported, not fatal."""
+    log(f"    {stage} skipped: {err}")
+    return {"skipped": str(err)}
+
+
+def run_detection(cfg: DemoConfig, bundle: Any, checkpoint: Path, log: Callable[[str], None] = print
+                  ) -> dict[str, Any]:
+    """Train a mass RetinaNet per init in ``cfg.detect_inits`` (frozen tower) and evaluate it on the test split.
+
+    Each run gets a fresh copy of the pre-training checkpoint: with ``init="pretrained"`` the detector
+    wraps that model's own tower and freezes it, and with ``imagenet`` / ``random`` the detector builds
+    a tower of the same architecture with those weights (``mammoclip.detect.load_image_tower``).
+
+    Returns:
+        ``{"runs": {init: {"run_dir", "eval_dir", "best_epoch", "results"}}, "settings": ...}``, or
+        ``{"skipped": reason}`` when the cohort has no mass box to train or test on.
+    """
+    from mammoclip.detect import DetectorCfg, DetectTrainCfg, evaluate_detector, train_detector
+    from mammoclip.errors import DataError
+    from mammoclip.models import load_checkpoint
+
+    det_cfg = DetectorCfg(classes=[DETECT_CLASS], image_size=cfg.image_size, fpn_channels=64,
+                          anchor_scale=detect_anchor_scale(cfg.image_size))
+    runs: dict[str, Any] = {}
+    for init in cfg.detect_inits:
+        run_dir = cfg.out / "runs" / f"detect-{init}"
+        train_cfg = DetectTrainCfg(checkpoint=str(checkpoint), init=init, freeze_encoder=True,
+                                   label_fraction=cfg.detect_fraction, seed=cfg.seed, epochs=cfg.detect_epochs,
+                                   batch_size=8, lr=1e-3, augment="flip", device="cpu")
+        try:
+            run = train_detector(bundle, det_cfg, train_cfg, run_dir, model=load_checkpoint(checkpoint),
+                                 log_fn=lambda line: log(f"    {line}"))
+            if run.best is None:
+                raise RuntimeError(f"{run_dir}: detector training selected no epoch")
+            res = evaluate_detector(run.best, bundle, split="test", out_dir=run_dir / "test", n_boot=cfg.n_boot,
+                                    seed=cfg.seed)
+        except DataError as err:
+            return _skipped("detection", err, log)
+        runs[init] = {"run_dir": str(run_dir.relative_to(cfg.out)), "eval_dir": str((run_dir / "test").relative_to(cfg.out)),
+                      "best_epoch": run.best_epoch, "results": res}
+    return {"runs": runs, "settings": {"detector": det_cfg.to_dict(), "epochs": cfg.detect_epochs,
+                                       "label_fraction": cfg.detect_fraction, "lr": 1e-3, "augment": "flip"}}
+
+
+def run_attribution(cfg: DemoConfig, bundle: Any, checkpoint: Path, log: Callable[[str], None] = print
+                    ) -> dict[str, Any]:
+    """Train a Mammo-FActOR mapper on the pre-trained model and score it and its baselines on the test split.
+
+    The mapper uses ``FactorConfig``'s defaults (but for ``cfg.factor_epochs``), so improvements to the
+    method's defaults show up here without a change to the demo.
+
+    Returns:
+        ``{"run_dir", "eval_dir", "results"}`` (the results of ``evaluate_localization``), or
+        ``{"skipped": reason}`` when the cohort cannot support the stage.
+    """
+    from mammoclip.attribution.evaluation import evaluate_localization
+    from mammoclip.errors import DataError
+    from mammoclip.models import load_checkpoint
+    from mammoclip.train.factor import FactorConfig, train_factor
+
+    run_dir = cfg.out / "runs" / "factor"
+    factor_cfg = FactorConfig(attributes=list(DEMO_TASKS), device="cpu")
+    if cfg.factor_epochs is not None:
+        factor_cfg.epochs = cfg.factor_epochs
+    model = load_checkpoint(checkpoint).eval()
+    try:
+        run = train_factor(model, bundle, factor_cfg, out_dir=run_dir)
+        log(f"    mapper trained: {run.fit.steps} steps, kept {run.mapper_dir.relative_to(cfg.out)}")
+        res = evaluate_localization(model, run.mapper, bundle, split="test", baselines=FACTOR_BASELINES,
+                                    n_boot=cfg.n_boot, out_dir=run_dir / "eval", progress=cfg.progress)
+    except DataError as err:
+        return _skipped("attribution", err, log)
+    return {"run_dir": str(run_dir.relative_to(cfg.out)), "eval_dir": str((run_dir / "eval").relative_to(cfg.out)),
+            "epochs": factor_cfg.epochs, "results": res}
 
 
 # ----------------------------------------------------------------------------------------- figures ---
@@ -347,9 +517,67 @@ def _metric_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {"value": entry.get("value"), "ci_low": entry.get("ci_low"), "ci_high": entry.get("ci_high")}
 
 
+#: Detection metrics carried into the demo's ``results.json`` (the run's own results.json has them all).
+DETECT_METRICS: tuple[str, ...] = ("ap50", "froc_mean", "coco_ap")
+#: Weak-localization metrics carried into the demo's ``results.json`` (those of FActOR's verdict).
+FACTOR_METRICS: tuple[str, ...] = ("pointing", "hit@0.25")
+
+
+def _finite(value: Any) -> float | None:
+    """A float for JSON, None for a missing or non-finite number (JSON has no NaN)."""
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+def _estimate(entry: dict[str, Any]) -> dict[str, float | None]:
+    return {k: _finite(entry.get(k)) for k in ("value", "ci_low", "ci_high")}
+
+
+def localization_summary(localization: dict[str, Any]) -> dict[str, Any]:
+    """The detection headline of ``results.json``: per init and protocol, AP@0.5, FROC, COCO AP with CIs."""
+    if "skipped" in localization:
+        return {"class": DETECT_CLASS, "skipped": localization["skipped"]}
+    inits: dict[str, Any] = {}
+    for init, run in localization["runs"].items():
+        entry = run["results"]["classes"][DETECT_CLASS]
+        inits[init] = {
+            "run_dir": run["run_dir"], "eval_dir": run["eval_dir"], "best_epoch": run["best_epoch"],
+            "n_images": entry["n_images"], "n_positive_images": entry["n_positive_images"], "n_boxes": entry["n_boxes"],
+            "protocols": {protocol: {m: _estimate(entry[protocol][m]) for m in DETECT_METRICS}
+                          for protocol in ("all_images", "positives_only")},
+        }
+    return {"class": DETECT_CLASS, "split": "test", "settings": localization["settings"], "inits": inits}
+
+
+def attribution_summary(attribution: dict[str, Any]) -> dict[str, Any]:
+    """The FActOR headline of ``results.json``: every method's pointing and hit@0.25 with CIs, and the verdict.
+
+    ``verdict[attribute]`` is True only when FActOR's interval lies wholly above the breast prior's on
+    every metric of ``beats_breast_prior`` (as ``evaluate_localization`` computed it), False when it
+    does not, None when it could not be decided.
+    """
+    if "skipped" in attribution:
+        return {"skipped": attribution["skipped"]}
+    res = attribution["results"]
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    n_images: dict[str, int] = {}
+    for row in res["metrics"]:
+        if row["metric"] in FACTOR_METRICS:
+            metrics.setdefault(row["method"], {}).setdefault(row["attribute"], {})[row["metric"]] = _estimate(row)
+            n_images[row["attribute"]] = int(row["n_images"])
+    verdict: dict[str, bool | None] = {}
+    for attribute, by_metric in res["beats_breast_prior"].items():
+        values = list(by_metric.values())
+        verdict[attribute] = None if any(v is None for v in values) else all(values)
+    return {"split": res["split"], "run_dir": attribution["run_dir"], "eval_dir": attribution["eval_dir"],
+            "epochs": attribution["epochs"], "tap": res.get("tap"), "methods": res["methods"],
+            "n_images": n_images, "metrics": metrics, "beats_breast_prior": res["beats_breast_prior"],
+            "verdict": verdict}
+
+
 def collect_results(cfg: DemoConfig, bundle: Any, prep: Any, fit: Any, zs: dict[Any, Any],
                     probes: dict[str, Any], grid: Path, curves: Path, seconds: dict[str, float],
-                    total: float) -> dict[str, Any]:
+                    total: float, *, localization: dict[str, Any] | None = None,
+                    attribution: dict[str, Any] | None = None) -> dict[str, Any]:
     """Gather what the run measured into the ``results.json`` structure that the page renders."""
     import pandas as pd  # here, not at import: the CLI imports this module for DemoConfig's defaults
     out = cfg.out
@@ -399,7 +627,20 @@ def collect_results(cfg: DemoConfig, bundle: Any, prep: Any, fit: Any, zs: dict[
     for task in DEMO_TASKS:
         files[f"zero-shot {task} report"] = f"zeroshot/{task}-pretrained/index.html"
         files[f"linear probe {task} report"] = f"probe/{task}/index.html"
+    loc = localization_summary(localization) if localization is not None else None
+    for init, run in (loc or {}).get("inits", {}).items():
+        files[f"detection ({init} init) report"] = f"{run['eval_dir']}/index.html"
+        files[f"detection ({init} init) results"] = f"{run['eval_dir']}/results.json"
+    attr = attribution_summary(attribution) if attribution is not None else None
+    if attr is not None and "eval_dir" in attr:
+        files["attribution (FActOR and baselines) report"] = f"{attr['eval_dir']}/index.html"
+        files["attribution (FActOR and baselines) results"] = f"{attr['eval_dir']}/results.json"
     files = {k: v for k, v in files.items() if (out / v).exists()}
+    extra: dict[str, Any] = {}
+    if loc is not None:
+        extra["localization"] = loc
+    if attr is not None:
+        extra["attribution"] = attr
     return {
         "version": mammoclip.__version__,
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -415,6 +656,7 @@ def collect_results(cfg: DemoConfig, bundle: Any, prep: Any, fit: Any, zs: dict[
                      "val_loss_best": min(h["val/loss"] for h in history) if history else None,
                      "history": history},
         "table": table,
+        **extra,
         "figures": figures,
         "files": files,
     }

@@ -10,8 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from mammoclip.errors import DataError
+from mammoclip.evaluate.sections import attribution_section_html, detection_section_html, verdict_sentence
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
@@ -23,6 +28,8 @@ th{background:#f1f3f8} td.l,th.l{text-align:left}
 figure{display:inline-block;margin:.5em;vertical-align:top} figure img{max-width:520px;border:1px solid #ccd}
 figcaption{font-size:.85em;color:#555;max-width:520px}
 code{background:#f1f3f8;padding:0 .25em}
+.meta{color:#666;font-size:90%} .verdict{margin:.6em 0}
+table.overlay-grid img{max-width:200px}
 """
 
 
@@ -99,11 +106,91 @@ def render_demo_html(results: dict[str, Any], out_dir: Path) -> str:
     parts.append(_results_notes(results.get("table", [])))
     parts.extend(_figures(results, tuple(k for k in results.get("figures", {}) if k not in
                                          ("cohort_grid", "training_curves")), out_dir))
-    parts.append("<h2>4. Files</h2><ul>")
+    number = 4
+    if "localization" in results:
+        parts.extend(_localization(results["localization"], out_dir, number))
+        number += 1
+    if "attribution" in results:
+        parts.extend(_attribution(results["attribution"], out_dir, number))
+        number += 1
+    parts.append(f"<h2>{number}. Files</h2><ul>")
     for label, rel in results.get("files", {}).items():
         parts.append(f"<li><a href='{html.escape(rel)}'>{html.escape(label)}</a></li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts)
+
+
+#: Detection overlays shown per init (the run folder keeps more): the page inlines every image.
+_OVERLAYS = 4
+#: Detection protocols in table order, as the page names them.
+_PROTOCOLS = {"all_images": "all test images (normal ones too)", "positives_only": "images with a mass only (paper)"}
+
+
+def _localization(loc: dict[str, Any], out_dir: Path, number: int) -> list[str]:
+    """The "Localization" section: the headline table from ``results.json``, then each run's own section."""
+    parts = [f"<h2>{number}. Localization (detection)</h2>"]
+    if "skipped" in loc:
+        return parts + [f"<p>Not run on this cohort: {html.escape(str(loc['skipped']))}</p>"]
+    settings = loc.get("settings", {})
+    det = settings.get("detector", {})
+    parts.append(
+        f"<p>A RetinaNet ({det.get('fpn_channels')}-channel pyramid, anchors {_fmt(det.get('anchor_scale'))} x stride) "
+        f"on the frozen image tower finds <b>{html.escape(str(loc.get('class')))}</b> boxes, once on the pre-trained "
+        f"tower and once per baseline initialisation, trained {settings.get('epochs')} epoch(s) on "
+        f"{_fmt(settings.get('label_fraction'))} of the training patients (the epoch with the best validation "
+        "AP@0.5 kept) and evaluated on the test split. A detection counts when its IoU with a truth box is at "
+        "least 0.5; FROC mean: the mean sensitivity at 1/8 to 8 false positives per image.</p>")
+    rows = []
+    for init, run in loc.get("inits", {}).items():
+        for protocol, words in _PROTOCOLS.items():
+            m = run.get("protocols", {}).get(protocol, {})
+            rows.append([init, words, m.get("ap50", {}).get("value"), _ci(m.get("ap50", {})),
+                         m.get("froc_mean", {}).get("value"), _ci(m.get("froc_mean", {}))])
+    parts.append(_table(["init", "images", "AP@0.5", "95% CI", "FROC mean sensitivity", "95% CI"], rows,
+                        table_id="localization-table", left=(0, 1)))
+    for init, run in loc.get("inits", {}).items():
+        parts.append(f"<h3>{html.escape(init)} init</h3>")
+        parts.append(_run_section(partial(detection_section_html, max_overlays=_OVERLAYS),
+                                  out_dir / str(run.get("eval_dir", ""))))
+    return parts
+
+
+def _attribution(attr: dict[str, Any], out_dir: Path, number: int) -> list[str]:
+    """The "Attribution" section: FActOR vs baselines and the verdict from ``results.json``, then the run's section."""
+    parts = [f"<h2>{number}. Attribution (Mammo-FActOR)</h2>"]
+    if "skipped" in attr:
+        return parts + [f"<p>Not run on this cohort: {html.escape(str(attr['skipped']))}</p>"]
+    parts.append(
+        f"<p>A Mammo-FActOR mapper ({attr.get('epochs')} epochs, feature tap {html.escape(str(attr.get('tap')))}) "
+        "trained on the pre-trained model's frozen tower turns each attribute's sentences into a heatmap. "
+        "It is scored on the test images that show the attribute and have a truth box, with the same regions "
+        "and metrics as three baselines: <code>breast_prior</code> (a Gaussian on the breast, no image content), "
+        "<code>top_channels</code> (the most active channels, no attribute) and <code>gradcam</code> (Grad-CAM of a "
+        "linear probe). Pointing: the heatmap's peak lies in a truth box; hit@0.25: the top region's box overlaps "
+        "a truth box with IoU at least 0.25. FActOR localizes only if its interval lies above the breast "
+        "prior's.</p>")
+    rows = []
+    for method, by_attr in attr.get("metrics", {}).items():
+        for attribute, m in by_attr.items():
+            rows.append([attribute, method, m.get("pointing", {}).get("value"), _ci(m.get("pointing", {})),
+                         m.get("hit@0.25", {}).get("value"), _ci(m.get("hit@0.25", {}))])
+    rows.sort(key=lambda r: str(r[0]))
+    parts.append(_table(["attribute", "method", "pointing", "95% CI", "hit@0.25", "95% CI"], rows,
+                        table_id="attribution-table", left=(0, 1)))
+    verdicts = attr.get("beats_breast_prior", {})
+    parts.append("<div class='note'>" + "<br>".join(
+        f"<b>{html.escape(verdict_sentence(a, verdicts.get(a)))}</b>" for a in verdicts) + "</div>")
+    parts.append(_run_section(attribution_section_html, out_dir / str(attr.get("eval_dir", ""))))
+    return parts
+
+
+def _run_section(render: Callable[[Path], str], run_dir: Path) -> str:
+    """A run's own section (headings one level down, under the demo's); a note when its folder is gone."""
+    try:
+        fragment = render(run_dir)
+    except DataError as err:
+        return f"<p class='meta'>Details not shown: {html.escape(str(err))}</p>"
+    return fragment.replace("<h3>", "<h4>").replace("</h3>", "</h4>").replace("<h2>", "<h3>").replace("</h2>", "</h3>")
 
 
 def _table(header: list[str], rows: list[list[Any]], *, table_id: str, left: tuple[int, ...] = (0,)) -> str:

@@ -184,3 +184,109 @@ def test_metric_labels_and_table_headers() -> None:
     assert "identical" in table and "single-view" in table
     metrics["breast"]["auc"] = {"value": 0.75, "ci_low": 0.6, "ci_high": 0.8}
     assert "identical" not in R.metrics_table(metrics)
+
+
+# --- localization and attribution (issues 14, 15) -----------------------------------------------------
+
+
+def _est(value: float, half: float = 0.1) -> dict[str, float]:
+    return {"value": value, "ci_low": value - half, "ci_high": value + half}
+
+
+def _detect_eval(ap: float) -> dict[str, Any]:
+    """What ``evaluate_detector`` returns for the mass class (the parts the demo reads)."""
+    proto = {"ap50": _est(ap), "froc_mean": _est(ap + 0.2), "coco_ap": {"value": float("nan"), "ci_low": float("nan"),
+                                                                         "ci_high": float("nan")}}
+    return {"task": "detect-eval", "split": "test", "n_boot": 50, "classes": {"mass": {
+        "n_images": 40, "n_positive_images": 12, "n_boxes": 13, "all_images": proto,
+        "positives_only": {**proto, "ap50": _est(ap + 0.05)}}}}
+
+
+def _factor_eval(factor_pointing: float, beats: dict[str, bool | None]) -> dict[str, Any]:
+    """What ``evaluate_localization`` returns (the parts the demo reads)."""
+    metrics = []
+    for method, pointing in (("factor", factor_pointing), ("breast_prior", 0.12)):
+        for attribute in ("mass", "calcification"):
+            for metric, value in (("pointing", pointing), ("hit@0.25", pointing - 0.01), ("hit@0.5", 0.01)):
+                metrics.append({"method": method, "attribute": attribute, "metric": metric, **_est(value, 0.05),
+                                "n_images": 20, "n_patients": 9})
+    return {"kind": "factor-localization", "split": "test", "methods": ["factor", "breast_prior"], "tap": -2,
+            "top_k": 32, "n_boot": 50, "attributes": ["mass", "calcification"], "metrics": metrics,
+            "beats_breast_prior": {"mass": {"pointing": beats["mass"], "hit@0.25": beats["mass"]},
+                                   "calcification": {"pointing": beats["calcification"], "hit@0.25": False}}}
+
+
+def _with_localization(tmp_path: Path) -> dict[str, Any]:
+    from mammoclip.demo import attribution_summary, localization_summary
+
+    results = _results(tmp_path, [_zs("pretrained", "AUC (per image)", 0.7)])
+    runs = {init: {"run_dir": f"runs/detect-{init}", "eval_dir": f"runs/detect-{init}/test", "best_epoch": 1,
+                   "results": _detect_eval(ap)} for init, ap in (("pretrained", 0.31), ("imagenet", 0.22))}
+    results["localization"] = localization_summary({"runs": runs, "settings": {
+        "detector": {"fpn_channels": 64, "anchor_scale": 3.0}, "epochs": 2, "label_fraction": 0.35}})
+    results["attribution"] = attribution_summary({"run_dir": "runs/factor", "eval_dir": "runs/factor/eval", "epochs": 20,
+                                                  "results": _factor_eval(0.08, {"mass": False, "calcification": None})})
+    return results
+
+
+def test_headline_numbers_are_finite_json_with_the_verdict_as_computed(tmp_path: Path) -> None:
+    import json
+
+    results = _with_localization(tmp_path)
+    loc = results["localization"]
+    assert set(loc["inits"]) == {"pretrained", "imagenet"}
+    pre = loc["inits"]["pretrained"]["protocols"]
+    assert pre["all_images"]["ap50"] == pytest.approx(_est(0.31))
+    assert pre["positives_only"]["ap50"]["value"] == pytest.approx(0.36)
+    assert pre["all_images"]["coco_ap"] == {"value": None, "ci_low": None, "ci_high": None}  # NaN is not JSON
+    assert "NaN" not in json.dumps(results)
+    attr = results["attribution"]
+    assert attr["metrics"]["factor"]["mass"]["pointing"]["value"] == pytest.approx(0.08)
+    assert set(attr["metrics"]["factor"]["mass"]) == {"pointing", "hit@0.25"}  # hit@0.5 stays in the run's file
+    assert attr["n_images"] == {"mass": 20, "calcification": 20}
+    # one undecided metric makes the attribute undecided; a lost one makes it lost
+    assert attr["verdict"] == {"mass": False, "calcification": None}
+    won = _factor_eval(0.5, {"mass": True, "calcification": True})
+    won["beats_breast_prior"]["calcification"]["hit@0.25"] = True
+    from mammoclip.demo import attribution_summary
+
+    assert attribution_summary({"run_dir": "r", "eval_dir": "e", "epochs": 1, "results": won})["verdict"] == {
+        "mass": True, "calcification": True}
+
+
+def test_report_has_localization_and_attribution_sections_from_the_run_folders(tmp_path: Path) -> None:
+    import json
+
+    results = _with_localization(tmp_path)
+    for init, ap in (("pretrained", 0.31), ("imagenet", 0.22)):
+        d = tmp_path / "runs" / f"detect-{init}" / "test"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(_detect_eval(ap)))
+    d = tmp_path / "runs" / "factor" / "eval"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(_factor_eval(0.08, {"mass": False, "calcification": None})))
+    page = render_demo_html(results, tmp_path)
+    text = html.unescape(page)
+    assert "4. Localization (detection)" in text and "5. Attribution (Mammo-FActOR)" in text and "6. Files" in text
+    table = page[page.index("id='localization-table'"):page.index("</table>", page.index("id='localization-table'"))]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 4 and "pretrained" in rows[0] and "0.310" in rows[0] and "0.210–0.410" in rows[0]
+    assert "0.360" in rows[1] and "imagenet" in rows[2] and "0.220" in rows[2]
+    # the runs' own sections (evaluate.sections), headings one level below the demo's
+    assert page.count("<section class=detection>") == 2 and page.count("<section class=attribution>") == 1
+    assert "<h3>Detection</h3>" in page and "<h2>Detection</h2>" not in page
+    attr_table = page[page.index("id='attribution-table'"):page.index("</table>", page.index("id='attribution-table'"))]
+    assert attr_table.count("<tr>") == 1 + 4 and "0.080" in attr_table
+    assert "mass: FActOR does NOT beat the breast prior" in text
+    assert "calcification: no verdict" in text
+
+
+def test_report_survives_a_skipped_stage_and_a_missing_run_folder(tmp_path: Path) -> None:
+    results = _with_localization(tmp_path)  # no run folders written: the details are missing
+    page = html.unescape(render_demo_html(results, tmp_path))
+    assert page.count("Details not shown") == 3 and "id='localization-table'" in page
+    results["localization"] = {"class": "mass", "skipped": "boxes.csv: no 'mass' box in split 'test'"}
+    del results["attribution"]
+    page = html.unescape(render_demo_html(results, tmp_path))
+    assert "Not run on this cohort: boxes.csv: no 'mass' box in split 'test'" in page
+    assert "Attribution" not in page and "5. Files" in page
