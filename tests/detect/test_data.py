@@ -97,6 +97,11 @@ def test_gather_boxes_clips_drops_and_logs(synthetic_cohort: Path, tmp_path: Pat
     boxes, labels = targets[iid]
     assert boxes[:, 2].max() <= 160 and (labels == 0).all()  # width of the 256x160 images
     assert len(targets) == len(bundle.images)  # normal images are there too, with no boxes
+    # the same rows gathered again (a training run's validation, every epoch) are not logged again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mammoclip.detect.data"):
+        again, _ = gather_boxes(bundle, ["mass"])
+    assert "clipped to the image" not in caplog.text and np.array_equal(again[iid][0], boxes)
 
 
 def test_multiclass_labels_index_the_class_list(synthetic_cohort: Path):

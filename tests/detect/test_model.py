@@ -74,7 +74,10 @@ def test_frozen_training_leaves_every_encoder_tensor_bitwise_unchanged(synthetic
     run = train_detector(synthetic_cohort, SMALL, DetectTrainCfg(epochs=1, batch_size=8, freeze_encoder=freeze,
                                                                   lr=1e-3, encoder_lr_mult=1.0),
                          tmp_path / "run", model=model, log_fn=lambda s: None)
-    assert run.detector is not None and run.detector.encoder is model.image_tower
+    # the detector trains a copy of the tower: the caller's model is left as it was, in both protocols
+    assert run.detector is not None and run.detector.encoder is not model.image_tower
+    assert all(torch.equal(v, before[k]) for k, v in model.image_tower.state_dict().items())
+    assert all(p.requires_grad for p in model.image_tower.parameters())
     after = _encoder_state(run.detector)
     bn_buffers = [k for k in before if k.endswith("running_mean")]
     assert bn_buffers and set(after) == set(before)

@@ -34,6 +34,8 @@ from mammoclip.imaging.breast import TransformRecord
 from mammoclip.imaging.imageio import read_image
 
 log = logging.getLogger(__name__)
+#: Box-cleaning notes already logged in this process (source, rows, counts).
+_NOTED: set[tuple[str, int, int, int]] = set()
 
 #: A box must keep at least this many pixels of width and height (after clipping) to be a target.
 MIN_BOX_SIDE: float = 1.0
@@ -143,7 +145,10 @@ def gather_boxes(bundle: Bundle, classes: list[str], *, require: bool = True
         out[iid] = (kept, labels[keep])
         for k in labels[keep]:
             stats.per_class[classes[int(k)]] = stats.per_class.get(classes[int(k)], 0) + 1
-    if stats.dropped_degenerate or stats.clipped:
+    note = (str(source), hash(tuple(bundle.images["image_id"].astype(str))), stats.clipped, stats.dropped_degenerate)
+    if (stats.dropped_degenerate or stats.clipped) and note not in _NOTED:
+        # once per table and rows: a training run gathers the validation boxes every epoch
+        _NOTED.add(note)
         log.warning("%s: %d box(es) clipped to the image, %d degenerate box(es) dropped",
                     source, stats.clipped, stats.dropped_degenerate)
     return out, stats

@@ -20,6 +20,7 @@ tower's model config including its preprocessing, provenance). Loading never unp
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -247,7 +248,9 @@ def load_image_tower(source: str | Path | MammoCLIP | ImageTower, init: str = "p
     if isinstance(source, MammoCLIP):
         cfg = source.cfg
         if init == "pretrained":
-            return source.image_tower, cfg
+            # A copy: the detector freezes (or fine-tunes) its tower, and the caller's model must stay
+            # as it was (a demo or a notebook goes on to use it for zero-shot or FActOR).
+            return copy.deepcopy(source.image_tower), cfg
         return ImageTower(cfg.image, pretrained=init == "imagenet"), cfg
     path = Path(source)
     if not path.exists():

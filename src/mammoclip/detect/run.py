@@ -107,7 +107,8 @@ def train_detector(manifest: str | Path | Bundle, det_cfg: DetectorCfg, run_cfg:
             optimisation.
         out_dir: Run directory: ``best/`` (detector checkpoint), ``metrics.jsonl``, ``args.yaml``,
             ``results.json`` (validation numbers of the selected epoch).
-        model: An already-built Mammo-CLIP model to take the tower from (instead of ``run_cfg.checkpoint``).
+        model: An already-built Mammo-CLIP model to take the tower from (instead of ``run_cfg.checkpoint``);
+            the detector trains a copy, so ``model`` is left unchanged.
         log_fn: Where progress lines go.
 
     Raises:
