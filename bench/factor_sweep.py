@@ -32,6 +32,17 @@ The table of docs/attribution.md §5 came from (``DEMO`` an existing demo output
         --configs '[{"epochs": 5, "descriptor_norm": "image"}, {"epochs": 5}]'
     python bench/factor_sweep.py --demo DEMO --n-boot 1000 --seeds 11,12 \
         --configs '[{"descriptor_norm": "sorted", "channel_ids": true}, {"descriptor_norm": "sorted"}]'
+
+Heatmap settings without retraining: ``--reuse`` loads the mapper a previous sweep saved for the same
+configuration and seed (``CACHE/runs/``), ``--heatmaps`` scores it under several heatmap settings
+(``top_k`` channels, softmax ``temperature`` of their weights) in one pass over the test images (the
+encoder's map is computed once per batch and shared by the settings)::
+
+    python bench/factor_sweep.py --demo DEMO --reuse --seeds 10,11,12 --configs '[{"descriptor_norm": "sorted"}]' \
+        --heatmaps '[{"top_k": 1}, {"top_k": 4, "temperature": 0.02}, {"top_k": 32}]'
+
+``--select auc`` (with ``--heatmaps``, fresh runs) keeps every epoch's checkpoint and scores each head at
+the epoch of its own best validation AUC instead of the library's lowest mixed validation loss.
 """
 
 from __future__ import annotations
@@ -177,6 +188,77 @@ def _aucs(run: Any, clip: Any, bundle: Any, split: str, maps: Any) -> dict[str, 
     return {s.name: round(float(roc_auc_score(y[known, i], scores[known, i])), 3) for i, s in enumerate(run.attributes)}
 
 
+def _shared_feature_maps() -> None:
+    """Let the explainers of one batch share the encoder's map (``--heatmaps`` scores one mapper many ways).
+
+    ``localization_table`` calls every explainer on the same image tensor, so the last ``(images, tap)``
+    result is kept and returned again; the maps are those the library computes, only not recomputed.
+    The batch itself is held and compared by identity, so a later batch cannot be mistaken for it.
+    """
+    from mammoclip.attribution import heatmap
+
+    compute = heatmap.tap_feature_map
+    last: dict[str, Any] = {}
+
+    def shared(model: Any, images: torch.Tensor, tap: int | None = None) -> torch.Tensor:
+        if not (last.get("images") is images and last.get("model") is model and last.get("tap") == tap):
+            last.update(images=images, model=model, tap=tap, value=compute(model, images, tap))
+        return last["value"]
+
+    heatmap.tap_feature_map = shared  # type: ignore[assignment]  # factor_maps reads it from the module
+
+
+def _heatmap_sweep(clip: Any, mapper: Any, bundle: Any, settings: list[dict[str, Any]],
+                   n_boot: int) -> Any:
+    """Summary (``localization.summarize``) of FActOR under each heatmap setting, plus the breast prior.
+
+    Methods are named ``factor k=K t=T``; ``top_k`` and ``temperature`` default to the library's.
+    """
+    from mammoclip.attribution.heatmap import DEFAULT_TOP_K, FACTOR_TEMPERATURE, Explainer, HeatmapContext
+    from mammoclip.attribution.localization import localization_table, summarize
+
+    explainers = {}
+    for s in settings:
+        k, t = int(s.get("top_k", DEFAULT_TOP_K)), float(s.get("temperature", FACTOR_TEMPERATURE))
+        explainers[f"factor k={k} t={t:g}"] = Explainer(clip, "factor", HeatmapContext(mapper.names, mapper=mapper,
+                                                                                       top_k=k, temperature=t))
+    explainers["breast_prior"] = Explainer(clip, "breast_prior", HeatmapContext(mapper.names, tap=mapper.tap))
+    table = localization_table(explainers, bundle.split("test"), mapper.attributes, batch_size=8)
+    return summarize(table, n_boot=n_boot)
+
+
+def _auc_selected(run_dir: Path, clip: Any, bundle: Any, settings: list[dict[str, Any]], n_boot: int,
+                  maps: Any) -> tuple[Any, dict[str, int], dict[str, dict[str, float]]]:
+    """Each head taken from the epoch where *its own* validation AUC peaks, instead of the mixed loss.
+
+    Needs every epoch's checkpoint (``--select auc`` keeps them). The heads are independent (attribute
+    a's loss reaches head a only), so scoring attribute a with the mapper of a's epoch is scoring the
+    stitched mapper. Returns the summary, ``attribute -> epoch`` and ``{"train_auc", "test_auc"}``.
+    """
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from mammoclip.attribution.mapper import load_mapper
+    from mammoclip.train.loop import list_checkpoints
+
+    mappers = [load_mapper(ck)[0] for ck in list_checkpoints(run_dir)]  # one per epoch, in order
+    val = [_aucs(SimpleNamespace(mapper=m, attributes=m.attributes), clip, bundle, "val", maps) for m in mappers]
+    names = mappers[0].names
+    picked = {a: int(np.argmax([v[a] for v in val])) for a in names}
+    parts: list[Any] = []
+    aucs: dict[str, dict[str, float]] = {"train_auc": {}, "test_auc": {}}
+    for e in sorted(set(picked.values())):
+        m = mappers[e]
+        summary = _heatmap_sweep(clip, m, bundle, settings, n_boot)
+        mine = [a for a in names if picked[a] == e]
+        parts.append(summary[summary["attribute"].isin(mine)])
+        for split in ("train", "test"):
+            got = _aucs(SimpleNamespace(mapper=m, attributes=m.attributes), clip, bundle, split, maps)
+            aucs[f"{split}_auc"].update({a: got[a] for a in mine})
+    return pd.concat(parts, ignore_index=True), {a: e + 1 for a, e in picked.items()}, aucs
+
+
 def _fmt(m: dict[str, Any]) -> str:
     return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
@@ -194,8 +276,18 @@ def main() -> None:
                         help="also score the single channel chosen by training labels (a diagnostic)")
     parser.add_argument("--extra-patients", type=int, default=0,
                         help="more synthetic training patients for the mapper (generated once into CACHE)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="load the mapper a previous sweep trained for the same configuration and seed")
+    parser.add_argument("--heatmaps", default=None,
+                        help='JSON list of heatmap settings to score each mapper under, e.g. '
+                             '\'[{"top_k": 1}, {"top_k": 8, "temperature": 0.02}]\'')
+    parser.add_argument("--select", choices=("loss", "auc"), default="loss",
+                        help="with --heatmaps: score the lowest-validation-loss epoch (the library's choice) or "
+                             "each head at the epoch of its own best validation AUC (keeps every checkpoint)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.select == "auc" and (args.heatmaps is None or args.reuse):
+        parser.error("--select auc needs --heatmaps and fresh runs (no --reuse): it reads every epoch's checkpoint")
     torch.set_num_threads(args.threads)
 
     from mammoclip.attribution.evaluation import evaluate_localization
@@ -212,6 +304,11 @@ def main() -> None:
         bundle = _extra_cohort(bundle, args.cache, args.extra_patients)
         tag += f"-extra{args.extra_patients}"
     maps = _cached_feature_maps(clip, bundle, args.cache, tag)
+    if args.heatmaps is not None:
+        _shared_feature_maps()
+    if args.select == "auc":  # keep every epoch's checkpoint, not the last two
+        loop_config = factor.LoopConfig
+        factor.LoopConfig = lambda **kw: loop_config(**{**kw, "keep_last": 10**6})  # type: ignore[misc,assignment]
     factor.feature_maps = maps  # type: ignore[assignment]  # train_factor reads it from the module
     old = json.loads(args.out.read_text()) if args.out.is_file() else {"rows": []}
     rows: list[dict[str, Any]] = old["rows"]
@@ -229,11 +326,19 @@ def main() -> None:
             cfg = FactorConfig(**{**overrides, "seed": seed, "device": "cpu"})
             t0 = time.time()
             run_dir = args.cache / "runs" / f"{hashlib.sha1(name.encode()).hexdigest()[:10]}-{seed}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume
-            run = train_factor(clip, bundle, cfg, out_dir=run_dir)
+            if args.reuse and (run_dir / "best" / "mapper.json").is_file():
+                run, val = _reused(run_dir, cfg)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume
+                run = train_factor(clip, bundle, cfg, out_dir=run_dir)
+                val = [h.get("val/loss") for h in run.fit.history]
             train_s = time.time() - t0
-            val = [h.get("val/loss") for h in run.fit.history]
             best_epoch = int(np.nanargmin([v if v is not None else np.nan for v in val])) + 1 if any(val) else None
+            if args.heatmaps is not None:
+                _heatmap_rows(rows, overrides, seed, clip, run, bundle, json.loads(args.heatmaps), args, best_epoch,
+                              maps, run_dir)
+                _write(args, manifest, ckpt, rows)
+                continue
             bl = (("breast_prior",) if baselines_done else ("top_channels", "breast_prior")) + extra_methods
             res = evaluate_localization(clip, run.mapper, bundle, split="test", baselines=bl, n_boot=args.n_boot)
             by = {(m["method"], m["attribute"], m["metric"]): m for m in res["metrics"]}
@@ -257,24 +362,80 @@ def main() -> None:
                 if method == "factor" or not any(r["method"] == method for r in rows):
                     rows.append(row)
             baselines_done = True
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"machine": os.uname().nodename, "load": os.getloadavg(),
-                                            "threads": torch.get_num_threads(), "manifest": str(manifest),
-                                            "checkpoint": str(ckpt), "rows": rows}, indent=1))
+            _write(args, manifest, ckpt, rows)
             print(_line(rows[-1] if rows[-1]["method"] == "factor" else next(r for r in reversed(rows)
                                                                              if r["method"] == "factor")), flush=True)
-    print(f"\n{'method / config':60s} {'seed':>4s} {'mass pointing':>22s} {'mass hit@0.25':>22s} "
+    print(f"\n{'method / config':78s} {'seed':>4s} {'mass pointing':>22s} {'mass hit@0.25':>22s} "
           f"{'calc. pointing':>22s} {'calc. hit@0.25':>22s} {'test AUC':>12s}")
     for r in rows:
         print(_line(r))
 
 
+def _write(args: argparse.Namespace, manifest: Path, ckpt: Path, rows: list[dict[str, Any]]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": os.uname().nodename, "load": os.getloadavg(),
+                                    "threads": torch.get_num_threads(), "manifest": str(manifest),
+                                    "checkpoint": str(ckpt), "rows": rows}, indent=1))
+
+
+def _reused(run_dir: Path, cfg: Any) -> tuple[Any, list[Any]]:
+    """A saved sweep run as ``(run, validation losses per epoch)``: its best mapper and its metrics log."""
+    from types import SimpleNamespace
+
+    from mammoclip.attribution.mapper import load_mapper
+
+    mapper = load_mapper(run_dir / "best")[0]
+    val: list[Any] = []
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        val = [r["val/loss"] for r in map(json.loads, log.read_text().splitlines()) if "val/loss" in r]
+    return SimpleNamespace(mapper=mapper, attributes=mapper.attributes), val
+
+
+def _heatmap_rows(rows: list[dict[str, Any]], overrides: dict[str, Any], seed: int, clip: Any, run: Any,
+                  bundle: Any, settings: list[dict[str, Any]], args: argparse.Namespace, best_epoch: int | None,
+                  maps: Any, run_dir: Path) -> None:
+    """Append one ``factor`` row per heatmap setting of one mapper (and the breast prior once)."""
+    from mammoclip.attribution.evaluation import beats
+
+    selected: dict[str, Any] = {}
+    if args.select == "auc":
+        summary, epochs, aucs = _auc_selected(run_dir, clip, bundle, settings, args.n_boot, maps)
+        selected = {"select": "auc", "best_epoch_by_attribute": epochs}
+    else:
+        summary = _heatmap_sweep(clip, run.mapper, bundle, settings, args.n_boot)
+        aucs = {"train_auc": _aucs(run, clip, bundle, "train", maps),
+                "test_auc": _aucs(run, clip, bundle, "test", maps)}
+    for method in summary["method"].unique():
+        sel = summary[summary["method"] == method]
+        row: dict[str, Any] = {"config": dict(overrides), "seed": seed, "method": "factor"}
+        if method == "breast_prior":
+            if any(r["method"] == "breast_prior" for r in rows):
+                continue
+            row.update(config={}, seed=None, method="breast_prior")
+        else:
+            k, t = method.split()[1:]
+            row["heatmap"] = {"top_k": int(k[2:]), "temperature": float(t[2:])}
+            row.update(aucs, **selected, best_epoch=best_epoch, beats_breast_prior={
+                a: {m: beats(summary, method, "breast_prior", a, m) for m in ("pointing", "hit@0.25")}
+                for a in ("mass", "calcification")})
+        for attr in ("mass", "calcification"):
+            for metric in ("pointing", "hit@0.25"):
+                m = sel[(sel["attribute"] == attr) & (sel["metric"] == metric)]
+                if len(m):
+                    row[f"{attr} {metric}"] = {k: round(float(m.iloc[0][k]), 3) for k in ("value", "ci_low", "ci_high")}
+        rows.append(row)
+        print(_line(row), flush=True)
+
+
 def _line(r: dict[str, Any]) -> str:
     label = r["method"] if r["method"] != "factor" else "factor " + json.dumps(r["config"], sort_keys=True)
+    if "heatmap" in r:
+        label += f" k={r['heatmap']['top_k']} t={r['heatmap']['temperature']:g}"
     cells = [_fmt(r[k]) if k in r else "-" for k in ("mass pointing", "mass hit@0.25", "calcification pointing",
                                                          "calcification hit@0.25")]
     auc = "/".join(f"{v:.2f}" for v in r.get("test_auc", {}).values()) or "-"
-    return f"{label[:60]:60s} {str(r['seed'] or '-'):>4s} " + " ".join(f"{c:>22s}" for c in cells) + f" {auc:>12s}"
+    return f"{label[:78]:78s} {str(r['seed'] or '-'):>4s} " + " ".join(f"{c:>22s}" for c in cells) + f" {auc:>12s}"
 
 
 if __name__ == "__main__":

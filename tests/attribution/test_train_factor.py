@@ -191,3 +191,39 @@ def test_augmentation_only_in_training_mode_and_validated() -> None:
         FactorConfig(shift=-1)
     with pytest.raises(ConfigError, match="descriptor_norm must be one of"):
         FactorConfig(descriptor_norm="l3")
+
+
+def test_cli_descriptor_and_augmentation_options_reach_the_run(synthetic_cohort: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    ckpt = tmp_path / "ckpt"
+    from mammoclip.models import save_checkpoint
+
+    save_checkpoint(_tiny(), ckpt)
+    args = ["factor", "train", "--checkpoint", str(ckpt), "--manifest", str(synthetic_cohort), "--epochs", "1",
+            "--batch-size", "4", "--max-steps", "2", "--device", "cpu", "--out"]
+    run = tmp_path / "sorted"
+    assert main([*args, str(run), "--descriptor", "sorted", "--channel-ids", "--shift", "2", "--hflip", "--vflip",
+                 "--descriptor-dropout", "0.25"]) == 0
+    folder = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mapper"])
+    meta = json.loads((folder / "mapper.json").read_text())
+    assert meta["descriptor_norm"] == "sorted" and meta["channel_ids"] is True  # saved: heatmaps follow them
+    cfg = yaml.safe_load((run / "args.yaml").read_text())["factor"]  # training-only options: in the run record
+    assert (cfg["shift"], cfg["hflip"], cfg["vflip"], cfg["descriptor_dropout"]) == (2, True, True, 0.25)
+
+    assert main([*args, str(tmp_path / "plain")]) == 0  # without the options: FactorConfig's defaults
+    folder = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mapper"])
+    meta = json.loads((folder / "mapper.json").read_text())
+    default = FactorConfig()
+    assert (meta["descriptor_norm"], meta["channel_ids"]) == (default.descriptor_norm, default.channel_ids)
+    cfg = yaml.safe_load((tmp_path / "plain" / "args.yaml").read_text())["factor"]
+    assert (cfg["shift"], cfg["hflip"], cfg["vflip"], cfg["descriptor_dropout"]) == (0, False, False, 0.0)
+
+    for bad, message in ((["--descriptor", "l3"], "must be one of channel, image, none, sorted, got 'l3'"),
+                         (["--descriptor-dropout", "1"], "must be in [0, 1), got '1'"),
+                         (["--shift", "-1"], "--shift")):
+        with pytest.raises(SystemExit):
+            main([*args, str(tmp_path / "bad"), *bad])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -34,6 +34,22 @@ def _tap(text: str) -> int | str:
     return value
 
 
+def _descriptor(text: str) -> str:
+    """A registered descriptor transform (``mammoclip.attribution.mapper.list_descriptor_norms``)."""
+    from mammoclip.attribution.mapper import list_descriptor_norms
+
+    if text not in list_descriptor_norms():
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(list_descriptor_norms())}, got {text!r}")
+    return text
+
+
+def _dropout(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``factor`` with its ``train`` and ``eval`` sub-commands."""
     p = subparsers.add_parser("factor", help="Mammo-FActOR: train the attribute mapper, evaluate weak localization")
@@ -57,6 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--tap", type=_tap, default=None,
                    help="feature map the heads read: 'last' (the original) or a forward_intermediates level "
                         "(-2: stride 16, -3: stride 8; default: FactorConfig.tap, -2)")
+    t.add_argument("--descriptor", type=_descriptor, default=None,
+                   help="transform of each channel map before the heads: none (the original), image, channel, "
+                        "sorted (translation-invariant, not the original's; default: FactorConfig.descriptor_norm)")
+    t.add_argument("--channel-ids", action="store_true",
+                   help="heads also see the channel's index (a deviation from the original's descriptor)")
+    t.add_argument("--shift", type=non_negative_int, default=0,
+                   help="training augmentation: translate each image's map by up to N cells per axis")
+    t.add_argument("--hflip", action="store_true", help="training augmentation: mirror maps left-right (p=1/2)")
+    t.add_argument("--vflip", action="store_true", help="training augmentation: mirror maps up-down (p=1/2)")
+    t.add_argument("--descriptor-dropout", type=_dropout, default=0.0,
+                   help="training dropout on every cell of every descriptor, in [0, 1)")
     t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="training precision")
     t.add_argument("--max-steps", type=positive_int, default=None, help="cap on optimizer steps")
     t.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers")
@@ -95,7 +122,10 @@ def _train(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, hidden=args.hidden,
                        loss_form=args.loss, temperature=args.temperature, precision=args.precision,
                        max_steps=args.max_steps, workers=args.workers, device=args.device, seed=args.seed,
-                       cache_features=False if args.no_feature_cache else None)
+                       cache_features=False if args.no_feature_cache else None, shift=args.shift,
+                       hflip=args.hflip, vflip=args.vflip, descriptor_dropout=args.descriptor_dropout,
+                       channel_ids=args.channel_ids,
+                       **({"descriptor_norm": args.descriptor} if args.descriptor else {}))  # else the default
     if args.tap is not None:  # None: FactorConfig's default tap; "last": the original's last map
         cfg.tap = None if args.tap == "last" else args.tap
     run = train_factor(args.checkpoint, args.manifest, cfg, out_dir=args.out, resume=args.resume)
