@@ -113,17 +113,14 @@ class DemoConfig:
 
 # Seconds per unit of the default demo on a quiet 2-core machine (bench/RESULTS.md, "Demo"): per
 # generated image (640x384 DICOM, 2 workers), per preprocessed image, per pre-training image at
-# 256x160 (validation included), per inferred image at 256x160, per probe fit (C grid of 5). The
-# localization stages' costs come from two runs on the *shared* machine (2026-12-04): the stages alone
-# on the default demo's cohort and checkpoint (load average 3-6; divided by the ~2x slowdown the
-# zero-shot stage showed against its quiet reference then), and a full demo whose first six stages
-# ran at 1.1x their reference while another job shared the CPUs during these two (detect 277 s,
-# factor 452 s; divided by ~1.4): rough until re-measured on a quiet machine. Per detector training image and per detector-evaluated image
-# (frozen lite tower, 64-channel pyramid, 256x160; bootstrap and plots included), per FActOR mapper
-# training image and epoch (on cached feature maps, the loop's overhead included), per test image
-# scored by FActOR and its three baselines for both attributes (overlays and bootstrap included).
+# 256x160 (validation included), per inferred image at 256x160, per probe fit (C grid of 5), per
+# detector training image and per detector-evaluated image (frozen lite tower, 64-channel pyramid,
+# 256x160; bootstrap and plots included), per FActOR mapper training image and epoch (on cached feature
+# maps, the loop's overhead included), per test image scored by FActOR and its three baselines for
+# both attributes (overlays and bootstrap included). The localization costs come from a full demo on
+# the quiet 2-core machine (2026-12-04): detect 52 s for both inits, factor 26 s with 6 mapper epochs.
 _COST = {"synth": 0.021, "preprocess": 0.01, "train": 0.047, "infer": 0.0125, "probe_fit": 0.75,
-         "detect_train": 0.11, "detect_infer": 0.055, "factor_step": 0.009, "factor_eval": 0.5}
+         "detect_train": 0.028, "detect_infer": 0.014, "factor_step": 0.0012, "factor_eval": 0.02}
 
 
 #: The demo's stages in the order they run (names as in ``results.json["stage_seconds"]``).
