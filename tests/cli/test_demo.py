@@ -118,8 +118,8 @@ def test_demo_config_is_validated_and_estimated():
     assert 60 < estimate_seconds(full) < 15 * 60
     assert estimate_seconds(quick) < estimate_seconds(full)
     assert list(stage_estimates(full)) == list(STAGES) and list(stage_estimates(quick)) == list(STAGES)
-    # the localization stages are minutes each on the reference machine, and the whole run stays in budget
-    assert 60 < stage_estimates(full)["detect"] < 300 and 60 < stage_estimates(full)["factor"] < 300
+    # the localization stages take tens of seconds on the reference machine (measured 50 s and 34 s)
+    assert 20 < stage_estimates(full)["detect"] < 300 and 20 < stage_estimates(full)["factor"] < 300
 
 
 def test_detection_and_attribution_stages_can_be_skipped_from_the_command_line():
