@@ -136,7 +136,10 @@ def test_missing_or_foreign_results_are_data_errors(factor_run: Path, tmp_path: 
     with pytest.raises(DataError, match="a detection run without per-class results"):
         detection_section_html(tmp_path)
     (tmp_path / "results.json").write_text("{not json")
-    with pytest.raises(DataError, match="results.json: not valid JSON"):
+    with pytest.raises(DataError, match="results.json: not a valid JSON file"):
+        detection_section_html(tmp_path)
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"results.json: expected a JSON object \(the results of `mammoclip detect"):
         detection_section_html(tmp_path)
 
 

@@ -10,7 +10,6 @@ embedded as data URIs). They read files only, because ``evaluate`` may import ne
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from mammoclip.errors import DataError
 from mammoclip.evaluate.report import INDEX_FILE, RESULTS_FILE, html_page, png_data_uri
+from mammoclip.text.prompts import read_json_object
 
 #: ``results.json`` marks of the two kinds of run (``task`` of a detection run, ``kind`` of a FActOR run).
 DETECTION_TASK = "detect-eval"
@@ -64,13 +64,9 @@ def _load(run_dir: Path, key: str, expected: str, command: str) -> dict[str, Any
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         raise DataError(f"{path}: missing; pass a folder written by `{command} --out DIR`")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(results, dict) or results.get(key) != expected:
-        found = results.get(key) if isinstance(results, dict) else type(results).__name__
-        raise DataError(f"{path}: not a {command} run ({key} is {found!r}, expected {expected!r})")
+    results = read_json_object(path, "results file", f"(the results of `{command}`)")
+    if results.get(key) != expected:
+        raise DataError(f"{path}: not a {command} run ({key} is {results.get(key)!r}, expected {expected!r})")
     return results
 
 
