@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.similarities(fmap), mapper.similarities(fmap))
     assert loaded.names == ["mass", "calcification"] and cfg["loss_form"] == "corrected"
     assert loaded.image_size == (96, 64) and loaded.attributes[1].label_column == "calcification"
+    umask = os.umask(0o022)  # the weights get the permissions of every other output (safetensors alone: 0600)
+    os.umask(umask)
+    assert (tmp_path / "best" / "mapper.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(CheckpointError, match="not a FActOR mapper"):
         load_mapper(tmp_path / "nothing")
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from mammoclip.attribution.attributes import AttributeSpec
 from mammoclip.errors import CheckpointError, ConfigError
+from mammoclip.models.checkpoint import save_safetensors
 
 #: Temperature of the mapper loss (docs/original.md §7).
 FACTOR_TEMPERATURE: float = 0.07
@@ -292,11 +293,11 @@ class FactorMapper(nn.Module):
 
 def save_mapper(mapper: FactorMapper, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``mapper.safetensors`` (heads + attribute embeddings) and ``mapper.json`` into ``folder``."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()}, str(folder / MAPPER_WEIGHTS))
+    # through the checkpoint writer: the umask's permissions (safetensors alone writes 0600)
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()},
+                     folder / MAPPER_WEIGHTS)
     (folder / MAPPER_CONFIG).write_text(json.dumps({**mapper.config(), **(extra or {})}, indent=1), encoding="utf-8")
     return folder
 
