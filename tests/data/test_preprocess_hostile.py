@@ -22,6 +22,7 @@ import mammoclip.data.preprocess as prep
 from mammoclip.cli.main import main
 from mammoclip.data.manifest import load_bundle
 from mammoclip.data.preprocess import PreprocessOptions, _safe, preprocess
+from mammoclip.errors import ConfigError
 from mammoclip.imaging import failures as fc
 from mammoclip.imaging.dicom import DecodeLimits
 from mammoclip.imaging.imageio import read_image
@@ -141,6 +142,46 @@ def test_native_crash_fails_only_the_guilty_file(tmp_path: Path, monkeypatch: py
     fixed = preprocess(src, out, PreprocessOptions(size=SIZE), workers=workers, isolate=True, retry_failed=True)
     assert (fixed.processed, fixed.skipped, fixed.failed) == (1, 4, 0)
     assert not list(out.rglob("*.failed.json"))
+
+
+def _hang_on(name: str, log: Path) -> Any:
+    """A ``process_image`` that never returns on the file ``name`` (a decoder stuck in native code)."""
+    import time
+
+    real = prep.process_image
+
+    def hanging(path: Any, options: Any, *args: Any) -> Any:
+        if Path(path).name == name:
+            with open(log, "a") as fh:
+                fh.write("x")
+            time.sleep(3600)
+        return real(path, options, *args)
+
+    return hanging
+
+
+@pytest.mark.slow  # ~6 s: the 3 s timeout runs out twice (in the pool, then alone)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hanging_decoder_times_out_and_fails_only_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             fork_workers: None, workers: int) -> None:
+    manifest = make_source(tmp_path / "src", n=3)
+    (tmp_path / "src" / "dicom" / "stuck.dcm").write_bytes((tmp_path / "src" / "dicom" / "im0.dcm").read_bytes())
+    src = _add_rows(manifest, [("stuck", "dicom/stuck.dcm")])
+    log = tmp_path / "hangs.log"
+    monkeypatch.setattr(prep, "process_image", _hang_on("stuck.dcm", log))
+    out = tmp_path / "out"
+
+    result = preprocess(src, out, PreprocessOptions(size=SIZE), workers=workers, isolate=True, timeout=3.0)
+    assert (result.processed, result.failed, result.codes) == (3, 1, [fc.DECODE_TIMEOUT])
+    code, reason = _codes(out)["stuck.dcm"]
+    assert code == fc.DECODE_TIMEOUT and "still running after 3 s" in reason
+    assert len(load_bundle(out, check_files=True).images) == 3
+    assert len(log.read_text()) == 2  # once in the pool, once alone (which names it)
+    assert json.loads(next(out.rglob("*.failed.json")).read_text())["code"] == fc.DECODE_TIMEOUT
+    again = preprocess(src, out, PreprocessOptions(size=SIZE), workers=workers, isolate=True, timeout=3.0)
+    assert (again.processed, again.codes) == (0, [fc.DECODE_TIMEOUT]) and len(log.read_text()) == 2  # not retried
+    with pytest.raises(ConfigError, match="timeout must be > 0"):
+        preprocess(src, out, PreprocessOptions(size=SIZE), timeout=0)
 
 
 def test_cli_with_one_worker_survives_a_native_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

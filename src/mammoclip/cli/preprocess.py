@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mammoclip.cli._options import image_size, non_negative_int, positive_int
+from mammoclip.cli._options import image_size, non_negative_float, non_negative_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decode budget: largest Rows x Columns x frames decoded; larger files fail as TOO_LARGE "
                         "before any decode (default 67108864 = 8192x8192, twice the largest real mammograms)")
     p.add_argument("--retry-failed", action="store_true",
-                   help="retry files an earlier run recorded as crashing a worker (DECODE_CRASH); skipped otherwise")
+                   help="retry files an earlier run recorded as crashing a worker (DECODE_CRASH) or hanging "
+                        "(DECODE_TIMEOUT); skipped otherwise")
+    p.add_argument("--timeout", type=non_negative_float, default=None, metavar="SECONDS",
+                   help="seconds one image may take before its worker is killed and the file fails as "
+                        "DECODE_TIMEOUT (default 600; 0: no limit)")
     p.set_defaults(func=_run)
     m = subparsers.add_parser("preprocess-merge", help="join the shard parts of a sharded preprocess run")
     m.add_argument("out", help="the --out folder of the shards")
@@ -44,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from mammoclip.data.preprocess import (
+        DEFAULT_IMAGE_TIMEOUT,
         DEFAULT_LIMITS,
         DecodeLimits,
         PreprocessOptions,
@@ -63,7 +68,8 @@ def _run(args: argparse.Namespace) -> int:
     reuse_freed_memory()
     limits = DEFAULT_LIMITS if args.max_pixels is None else DecodeLimits(max_pixels=args.max_pixels)
     result = preprocess(args.input, args.out, options, workers=args.workers, shard=shard, adapter=args.adapter,
-                        limits=limits, retry_failed=args.retry_failed, isolate=True)
+                        limits=limits, retry_failed=args.retry_failed, isolate=True,
+                        timeout=DEFAULT_IMAGE_TIMEOUT if args.timeout is None else (args.timeout or None))
     print(result.summary())
     for (file, reason), code in zip(result.failures[:10], result.codes, strict=False):
         print(f"  failed [{code}]: {reason if reason.startswith(file) else f'{file}: {reason}'}")

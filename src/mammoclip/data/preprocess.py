@@ -453,19 +453,25 @@ def _death(exitcode: int | None) -> str:
     return f"exit status {exitcode}"
 
 
-def _run_alone(task: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    """Process one image in a process of its own: if that process dies, this file is the cause.
+def _run_alone(task: dict[str, Any], ctx: Any, timeout: float | None = None) -> dict[str, Any]:
+    """Process one image in a process of its own: if that process dies or hangs, this file is the cause.
 
-    The death is recorded next to the output (``<png>.failed.json``, with the source's size and
-    mtime) so that a rerun skips the file instead of crashing on it again; ``--retry-failed``
-    (``retry_failed=True``) or a changed file tries it again.
+    The death (or a run over ``timeout`` seconds, after which the process is killed) is recorded next
+    to the output (``<png>.failed.json``, with the source's size and mtime) so that a rerun skips the
+    file instead of crashing or hanging on it again; ``--retry-failed`` (``retry_failed=True``) or a
+    changed file tries it again.
     """
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_alone_main, args=(task, send), daemon=True)
     proc.start()
     send.close()
+    timed_out = False
     try:
-        result: dict[str, Any] | None = receive.recv()
+        if receive.poll(timeout):
+            result: dict[str, Any] | None = receive.recv()
+        else:
+            result, timed_out = None, True
+            proc.kill()
     except (EOFError, OSError):
         result = None
     finally:
@@ -473,24 +479,44 @@ def _run_alone(task: dict[str, Any], ctx: Any) -> dict[str, Any]:
         proc.join()
     if result is not None:
         return result
-    reason = (f"{task['src']}: the worker process died on this file alone ({_death(proc.exitcode)}): a native "
-              "crash in a decoder, or out of memory")
+    if timed_out:
+        code, reason = fc.DECODE_TIMEOUT, (f"{task['src']}: still running after {timeout:g} s on this file alone "
+                                           "(a decoder that hangs); the worker was killed")
+    else:
+        code, reason = fc.DECODE_CRASH, (f"{task['src']}: the worker process died on this file alone "
+                                         f"({_death(proc.exitcode)}): a native crash in a decoder, or out of memory")
     out_png = Path(task["out_png"])
     try:
-        record = {"source": _source_stamp(Path(task["src"])), "code": fc.DECODE_CRASH, "reason": reason}
+        record = {"source": _source_stamp(Path(task["src"])), "code": code, "reason": reason}
         out_png.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(_failed_record(out_png), json.dumps(record).encode())
     except OSError as err:
-        log.warning("cannot record the crash of %s: %s", task["src"], err)
-    return _failure(task, fc.DECODE_CRASH, reason)
+        log.warning("cannot record the failure of %s: %s", task["src"], err)
+    return _failure(task, code, reason)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's worker processes (one of them hangs in native code and would never return).
+
+    ``ProcessPoolExecutor`` has no public way to do this before Python 3.14 (``kill_workers``), so
+    this reads its process table; a later Python's method is used when there.
+    """
+    kill = getattr(pool, "kill_workers", None)
+    if callable(kill):
+        kill()
+        return
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.kill()
 
 
 def _run_pool(pending: deque[dict[str, Any]], workers: int, ctx: Any,
-              emit: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+              emit: Callable[[dict[str, Any]], None], timeout: float | None = None) -> list[dict[str, Any]]:
     """Run ``pending`` on a pool until it is empty or the pool breaks; returns the suspects of a break.
 
     At most ``2 * workers`` images are in flight (enough to keep every worker fed), so when a
     worker dies only those are suspects: the rest of the batch was never sent and stays clean.
+    When no image finishes for ``timeout`` seconds, every running image has run that long: the
+    workers are killed and the images in flight become suspects too.
     """
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
     inflight: dict[Future[dict[str, Any]], dict[str, Any]] = {}
@@ -507,7 +533,14 @@ def _run_pool(pending: deque[dict[str, Any]], workers: int, ctx: Any,
                     broken = True
             if not inflight:
                 break
-            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            done, _ = wait(inflight, timeout=timeout, return_when=FIRST_COMPLETED)
+            if not done:  # nothing finished for `timeout` s: a worker hangs
+                log.warning("no image finished for %g s; killing the workers", timeout)
+                _kill_workers(pool)
+                suspects.extend(inflight.values())
+                inflight.clear()
+                broken = True
+                break
             for future in done:
                 task = inflight.pop(future)
                 try:
@@ -525,12 +558,13 @@ def _run_pool(pending: deque[dict[str, Any]], workers: int, ctx: Any,
 
 
 def _run_tasks(tasks: list[dict[str, Any]], workers: int, isolate: bool,
-               emit: Callable[[dict[str, Any]], None]) -> None:
+               emit: Callable[[dict[str, Any]], None], timeout: float | None = None) -> None:
     """Every task once through ``emit``: in this process, or in pools that survive a native crash.
 
-    When a pool breaks (a worker killed by a signal or the OOM killer), its in-flight images are
-    rerun one per process (:func:`_run_alone`): the guilty file fails as ``DECODE_CRASH``, the
-    innocent ones are processed, and a fresh pool takes the rest of the batch.
+    When a pool breaks (a worker killed by a signal or the OOM killer, or hanging past ``timeout``),
+    its in-flight images are rerun one per process (:func:`_run_alone`): the guilty file fails as
+    ``DECODE_CRASH`` (or ``DECODE_TIMEOUT``), the innocent ones are processed, and a fresh pool
+    takes the rest of the batch.
     """
     if not isolate:
         for task in tasks:
@@ -539,11 +573,11 @@ def _run_tasks(tasks: list[dict[str, Any]], workers: int, isolate: bool,
     ctx = _pool_context()
     pending = deque(tasks)
     while pending:
-        suspects = _run_pool(pending, workers, ctx, emit)
+        suspects = _run_pool(pending, workers, ctx, emit, timeout)
         if suspects:
-            log.warning("a worker process died; rerunning its %d image(s) one per process", len(suspects))
+            log.warning("a worker process died or hung; rerunning its %d image(s) one per process", len(suspects))
         for task in suspects:
-            emit(_run_alone(task, ctx))
+            emit(_run_alone(task, ctx, timeout))
 
 
 @dataclass
@@ -642,6 +676,12 @@ def _tasks(bundle: Bundle, out: Path, options: PreprocessOptions, limits: Decode
                "retry_failed": retry_failed}
 
 
+#: Seconds one image may take in a worker before it is killed (``preprocess(timeout=...)``,
+#: ``--timeout``): the largest real mammograms take a few seconds, so a file still running after ten
+#: minutes is a decoder that hangs.
+DEFAULT_IMAGE_TIMEOUT: float = 600.0
+
+
 #: Images per worker below which :func:`auto_workers` adds no further process: starting a pool
 #: costs ~1 s (the forkserver imports OpenCV, pydicom and scipy once), the time of ~25 uncompressed
 #: or ~2 JPEG 2000 images, so a small batch runs faster in this process.
@@ -693,6 +733,7 @@ def preprocess(
     limits: DecodeLimits | None = DEFAULT_LIMITS,
     retry_failed: bool = False,
     isolate: bool | None = None,
+    timeout: float | None = DEFAULT_IMAGE_TIMEOUT,
 ) -> PreprocessResult:
     """Preprocess every image of a DICOM manifest into ``out``.
 
@@ -716,6 +757,9 @@ def preprocess(
             runs ``workers=1`` in this process, where a crash ends the caller: a child process
             needs the ``if __name__ == "__main__":`` guard in a calling script, which a library
             call should not demand silently. More than one worker always runs in child processes.
+        timeout: Seconds one image may take in a child process before its worker is killed and the
+            file fails as ``DECODE_TIMEOUT`` (recorded like a crash); ``None``: no limit. Only
+            images decoded in child processes can be stopped.
 
     Returns:
         Counts, time, workers used and failures.
@@ -726,6 +770,8 @@ def preprocess(
     """
     if workers < 0:
         raise ConfigError(f"workers must be >= 0 (0: one per core), got {workers}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"timeout must be > 0 seconds (or None: no limit), got {timeout}")
     options = options or PreprocessOptions()
     out = Path(out)
     bundle = source if isinstance(source, Bundle) else load_source(source, adapter)
@@ -758,7 +804,7 @@ def preprocess(
         bar.update(1)
 
     try:
-        _run_tasks(tasks, workers, bool(isolate) or workers > 1, collect)
+        _run_tasks(tasks, workers, bool(isolate) or workers > 1, collect, timeout)
     finally:
         bar.close()
     seconds = time.perf_counter() - start

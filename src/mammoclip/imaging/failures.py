@@ -54,6 +54,8 @@ DECODE_PANIC = register_failure_code(
     "DECODE_PANIC", "the decoder raised a non-Exception error (e.g. a Rust panic in a pylibjpeg plugin)")
 DECODE_CRASH = register_failure_code(
     "DECODE_CRASH", "the worker process died on this file alone (native crash or killed); not retried")
+DECODE_TIMEOUT = register_failure_code(
+    "DECODE_TIMEOUT", "the worker process took longer than --timeout on this file alone and was killed; not retried")
 NONFINITE_LUT = register_failure_code(
     "NONFINITE_LUT", "rescale slope/intercept non-finite or zero: pixel values undefined")
 BLANK_OUTPUT = register_failure_code("BLANK_OUTPUT", "the processed image holds a single value")
