@@ -347,9 +347,9 @@ def run_detection(cfg: DemoConfig, bundle: Any, checkpoint: Path, log: Callable[
                   ) -> dict[str, Any]:
     """Train a mass RetinaNet per init in ``cfg.detect_inits`` (frozen tower) and evaluate it on the test split.
 
-    Each run gets a fresh copy of the pre-training checkpoint: with ``init="pretrained"`` the detector
-    wraps that model's own tower and freezes it, and with ``imagenet`` / ``random`` the detector builds
-    a tower of the same architecture with those weights (``mammoclip.detect.load_image_tower``).
+    Each run is given the loaded pre-training checkpoint: with ``init="pretrained"`` the detector trains
+    a copy of its tower, and with ``imagenet`` / ``random`` it builds a tower of the same architecture
+    with those weights (``mammoclip.detect.load_image_tower``).
 
     Returns:
         ``{"runs": {init: {"run_dir", "eval_dir", "best_epoch", "results"}}, "settings": ...}``, or
